@@ -1,0 +1,3 @@
+"""uellm: deadline-aware offline batch LLM inference (UELLM, done properly)."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,3 @@
+from uellm_cli.cli import main
+
+main()

@@ -1,0 +1,1 @@
+"""Engines: model resolution and loading, and the executor that runs a plan. Touches torch."""

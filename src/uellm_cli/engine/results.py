@@ -1,0 +1,46 @@
+"""RowResult: what the executor emits per row; the writers and the report consume it."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+
+@dataclass(slots=True)
+class RowResult:
+    """One finished (or failed/rejected) row. Times are seconds on the run clock."""
+
+    index: int
+    id: str
+    status: str  # "ok" | "error" | "rejected"
+    output_text: str | None = None
+    finish_reason: str | None = None  # "stop" | "length"
+    prompt_tokens: int | None = None
+    output_tokens: int | None = None
+    predicted_output_tokens: int | None = None
+    replica: int | None = None
+    batch: int | None = None
+    started_s: float | None = None
+    finished_s: float | None = None
+    latency_s: float | None = None
+    deadline_s: float | None = None
+    slo_met: bool | None = None
+    error_code: str | None = None
+    error_message: str | None = None
+    warnings: list[str] = field(default_factory=list)
+    passthrough: dict = field(default_factory=dict)
+
+    def to_record(self) -> dict:
+        """Flat dict for writers: passthrough columns sit beside the result fields."""
+        d = asdict(self)
+        extra = d.pop("passthrough")
+        d["warnings"] = "; ".join(d["warnings"]) if d["warnings"] else None
+        for k, v in extra.items():
+            d.setdefault(k, v)
+        return d
+
+
+RESULT_FIELDS = [
+    "id", "status", "output_text", "finish_reason", "prompt_tokens", "output_tokens",
+    "predicted_output_tokens", "replica", "batch", "started_s", "finished_s", "latency_s",
+    "deadline_s", "slo_met", "error_code", "error_message", "warnings",
+]

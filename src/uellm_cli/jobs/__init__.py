@@ -1,0 +1,1 @@
+"""Job files: schema, readers, validation, result writers, manifest and resume."""

@@ -1,0 +1,107 @@
+"""The Plan and what it is made of. Pure data: produced by plan/, consumed by engine/ and report/."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(slots=True, frozen=True)
+class Query:
+    """A profiled row, all the scheduler looks at.
+
+    index: the row's position in the input (Row.index), the key everywhere downstream.
+    group: the row's Sampling.key(); rows with different groups never share a batch.
+    """
+
+    index: int
+    id: str
+    prompt_tokens: int
+    max_new_tokens: int
+    predicted_tokens: int
+    predicted_upper: int
+    deadline_s: float | None
+    priority: int = 0
+    group: tuple = ("greedy", ())
+
+
+@dataclass(slots=True, frozen=True)
+class Stage:
+    """A contiguous block of decoder layers [first, last) on one device of a replica."""
+
+    device: str
+    first_layer: int
+    last_layer: int
+    has_embed: bool
+    has_head: bool
+    weight_bytes: int
+    kv_reserve_bytes: int = 0
+
+    @property
+    def num_layers(self) -> int:
+        return self.last_layer - self.first_layer
+
+
+@dataclass(slots=True, frozen=True)
+class Replica:
+    """One copy of the model: its stages in pipeline order and the accelerate device_map."""
+
+    index: int
+    stages: tuple[Stage, ...]
+    device_map: dict[str, str]
+    kv_budget_bytes: int  # memory left for KV + activations on the tightest stage, scaled to the model
+
+    @property
+    def devices(self) -> tuple[str, ...]:
+        return tuple(s.device for s in self.stages)
+
+
+@dataclass(slots=True)
+class Deployment:
+    """Replicas of the model over the cluster, as chosen by a deployer strategy/objective."""
+
+    strategy: str  # "helr-lr" | "helr-he" | "helr-helr" | "auto" | "balanced" | "sequential" | "single"
+    replicas: list[Replica]
+    note: str = ""
+
+
+@dataclass(slots=True)
+class PlannedBatch:
+    """A static batch on one replica, with its forecast start and finish (seconds on the run clock)."""
+
+    batch: int  # global batch number, in the order the executor should start them
+    replica: int
+    rows: list[int]  # Query.index values
+    max_new_tokens: int  # generation budget of the batch = max of its members'
+    start_s: float
+    finish_s: float
+    padding_waste: float = 0.0  # forecast share of token steps spent on padding/finished rows
+
+
+@dataclass(slots=True, frozen=True)
+class RowForecast:
+    index: int
+    replica: int
+    batch: int
+    start_s: float
+    finish_s: float
+    deadline_s: float | None
+
+    @property
+    def slo_met(self) -> bool | None:
+        if self.deadline_s is None:
+            return None
+        return self.finish_s <= self.deadline_s
+
+
+@dataclass(slots=True)
+class Plan:
+    """Deployment + batch timeline + a forecast per row. `start_offset_s` is when the first batch
+    is expected to start on the run clock (model loading comes first)."""
+
+    policy: str
+    deployment: Deployment
+    batches: list[PlannedBatch]
+    forecast: dict[int, RowForecast]
+    start_offset_s: float = 0.0
+    alternatives: list[dict] = field(default_factory=list)  # other deployments with their forecast
+    notes: list[str] = field(default_factory=list)

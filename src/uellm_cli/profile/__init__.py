@@ -1,0 +1,1 @@
+"""Resource profiler: hardware, model, output lengths, and the cost model that joins them."""
