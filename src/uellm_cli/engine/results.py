@@ -44,3 +44,24 @@ RESULT_FIELDS = [
     "predicted_output_tokens", "replica", "batch", "started_s", "finished_s", "latency_s",
     "deadline_s", "slo_met", "error_code", "error_message", "warnings",
 ]
+
+
+@dataclass(slots=True)
+class BatchRecord:
+    """What one executed batch did, for padding waste, the Gantt chart and forecast vs actual.
+
+    steps: decode steps run (width of the generated block); rows * steps token slots were
+    spent, of which sum(output_tokens) were real output, the rest padding/finished rows.
+    """
+
+    batch: int
+    replica: int
+    rows: list[int]
+    started_s: float
+    finished_s: float
+    steps: int
+    prompt_width: int
+    output_tokens: int
+    forecast_start_s: float | None = None
+    forecast_finish_s: float | None = None
+    status: str = "ok"  # "ok" | "error" | "oom_split"
