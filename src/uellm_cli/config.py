@@ -1,0 +1,75 @@
+"""RunConfig: every option of one run, resolved once from flags, validated, then read-only."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from uellm_cli.errors import ConfigError
+
+POLICIES = ("slo-odbs", "fcfs", "sjf", "edf", "slo-odbs-paper")
+OUTPUT_FORMATS = ("parquet", "jsonl", "openai")
+INPUT_FORMATS = ("jsonl", "parquet", "csv", "openai")
+ON_MISS = ("run", "skip")
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+@dataclass(slots=True, frozen=True)
+class RunConfig:
+    job: Path
+    out: Path
+    model: str = "smollm2-135m"
+    input_format: str | None = None
+    output_format: str = "parquet"
+    max_new_tokens: int = 256
+    slo_s: float | None = None
+    policy: str = "slo-odbs"
+    predictor: str = "cap"
+    max_batch_size: int | None = None
+    dtype: str | None = None
+    raw_prompt: bool = False
+    trust_remote_code: bool = False
+    cluster: str | None = None
+    on_miss: str = "run"
+    resume: bool = False
+    force: bool = False
+    retry_errors: bool = False
+    fail_fast: bool = False
+    sample_interval_s: float = 1.0
+    record_history: bool = True
+
+    def __post_init__(self) -> None:
+        if self.policy not in POLICIES:
+            raise ConfigError(f"--policy {self.policy!r}: choose one of {', '.join(POLICIES)}")
+        if self.output_format not in OUTPUT_FORMATS:
+            raise ConfigError(
+                f"--output-format {self.output_format!r}: choose one of {', '.join(OUTPUT_FORMATS)}"
+            )
+        if self.input_format is not None and self.input_format not in INPUT_FORMATS:
+            raise ConfigError(
+                f"--format {self.input_format!r}: choose one of {', '.join(INPUT_FORMATS)}"
+            )
+        if self.on_miss not in ON_MISS:
+            raise ConfigError(f"--on-miss {self.on_miss!r}: choose one of {', '.join(ON_MISS)}")
+        if self.dtype is not None and self.dtype not in DTYPES:
+            raise ConfigError(f"--dtype {self.dtype!r}: choose one of {', '.join(DTYPES)}")
+        if self.max_new_tokens < 1:
+            raise ConfigError(f"--max-new-tokens must be >= 1, got {self.max_new_tokens}")
+        if self.slo_s is not None and not self.slo_s > 0:
+            raise ConfigError(f"--slo must be > 0 seconds, got {self.slo_s}")
+        if self.max_batch_size is not None and self.max_batch_size < 1:
+            raise ConfigError(f"--max-batch-size must be >= 1, got {self.max_batch_size}")
+        if self.sample_interval_s <= 0:
+            raise ConfigError("--sample-interval must be > 0 seconds")
+        if self.resume and self.force:
+            raise ConfigError("--resume and --force contradict each other: pick one")
+
+    def output_options(self) -> dict:
+        """The options that change outputs: part of the run fingerprint (resume safety).
+        Scheduling options (policy, batch size) change timing, never the greedy text, but they
+        change sampled text and the report, so they are included too."""
+        d = asdict(self)
+        for k in ("job", "out", "resume", "force", "retry_errors", "fail_fast",
+                  "sample_interval_s", "record_history", "cluster", "output_format"):
+            d.pop(k)
+        return d

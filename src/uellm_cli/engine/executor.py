@@ -1,0 +1,183 @@
+"""Run a Plan's batches on the engines of its replicas, one worker thread per replica.
+
+The loop reads like nano-vllm's step: next batch -> run it -> record. Row failures never
+escape: an out-of-memory batch is split in half and retried down to one row (a single row
+that still does not fit is an `oom` error); any other exception marks the batch's rows
+`error` and the job goes on (unless fail_fast). Results go to `on_batch` as each batch ends,
+so the caller can append them durably before the next batch starts.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from uellm_cli.engine.hf_engine import BatchOutput, is_out_of_memory
+from uellm_cli.engine.results import BatchRecord, RowResult
+from uellm_cli.jobs.schema import Row
+from uellm_cli.plan.types import Plan, PlannedBatch
+
+
+@dataclass(slots=True)
+class PreparedRow:
+    """A row ready to run: its tokens and what the profiler predicted for it."""
+
+    row: Row
+    prompt_ids: list[int]
+    predicted_tokens: int
+
+
+class Engine:  # documentation of the protocol the executor needs (HFEngine implements it)
+    def generate(self, prompts: list[list[int]], *, max_new_tokens: list[int], sampling) -> BatchOutput:
+        raise NotImplementedError
+
+
+BatchCallback = Callable[[list[RowResult], BatchRecord], None]
+
+
+class Executor:
+    """Runs planned batches. `clock()` returns seconds on the run clock."""
+
+    def __init__(
+        self,
+        engines: dict[int, Engine],
+        *,
+        clock: Callable[[], float],
+        stop: threading.Event | None = None,
+        fail_fast: bool = False,
+    ):
+        self.engines = engines
+        self.clock = clock
+        self.stop = stop or threading.Event()
+        self.fail_fast = fail_fast
+        self._lock = threading.Lock()
+        self._failure: BaseException | None = None
+
+    def run(self, plan: Plan, rows: dict[int, PreparedRow], on_batch: BatchCallback) -> None:
+        """Run every batch whose rows are in `rows`, each replica's batches in plan order."""
+        per_replica: dict[int, list[PlannedBatch]] = {}
+        for b in sorted(plan.batches, key=lambda b: (b.start_s, b.batch)):
+            members = [i for i in b.rows if i in rows]
+            if members:
+                per_replica.setdefault(b.replica, []).append(b)
+        if len(per_replica) <= 1:
+            for replica, batches in per_replica.items():
+                self._run_replica(replica, batches, rows, on_batch)
+        else:
+            threads = [
+                threading.Thread(
+                    target=self._run_replica, args=(r, bs, rows, on_batch),
+                    name=f"uellm-replica-{r}", daemon=True,
+                )
+                for r, bs in per_replica.items()
+            ]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+        if self._failure is not None:
+            raise self._failure
+
+    def _run_replica(self, replica: int, batches: list[PlannedBatch], rows, on_batch) -> None:
+        engine = self.engines[replica]
+        for planned in batches:
+            if self.stop.is_set() or self._failure is not None:
+                return
+            members = [rows[i] for i in planned.rows if i in rows]
+            try:
+                results, record = self._run_batch(engine, replica, planned, members)
+            except BaseException as exc:  # fail_fast, or a bug: stop every replica
+                self._failure = exc
+                self.stop.set()
+                return
+            with self._lock:
+                on_batch(results, record)
+
+    def _run_batch(self, engine, replica: int, planned: PlannedBatch, members: list[PreparedRow]):
+        start = self.clock()
+        results: list[RowResult] = []
+        steps, width, status = self._generate_splitting(engine, replica, planned, members, results)
+        end = self.clock()
+        record = BatchRecord(
+            batch=planned.batch,
+            replica=replica,
+            rows=[m.row.index for m in members],
+            started_s=start,
+            finished_s=end,
+            steps=steps,
+            prompt_width=width,
+            output_tokens=sum(r.output_tokens or 0 for r in results if r.status == "ok"),
+            forecast_start_s=planned.start_s,
+            forecast_finish_s=planned.finish_s,
+            status=status,
+        )
+        return results, record
+
+    def _generate_splitting(self, engine, replica, planned, members, results) -> tuple[int, int, str]:
+        """Generate `members`; on OOM split in half and retry. Appends to `results`."""
+        start = self.clock()
+        try:
+            out = engine.generate(
+                [m.prompt_ids for m in members],
+                max_new_tokens=[m.row.max_new_tokens for m in members],
+                sampling=members[0].row.sampling,
+            )
+        except Exception as exc:  # noqa: BLE001 - classified below; row failures never escape
+            if is_out_of_memory(exc):
+                if len(members) == 1:
+                    results.append(self._error(members[0], replica, planned, start, "oom",
+                                               f"out of memory even alone: {_short(exc)}"))
+                    return 0, len(members[0].prompt_ids), "error"
+                _free_memory()
+                half = len(members) // 2
+                s1, w1, _ = self._generate_splitting(engine, replica, planned, members[:half], results)
+                s2, w2, _ = self._generate_splitting(engine, replica, planned, members[half:], results)
+                return s1 + s2, max(w1, w2), "oom_split"
+            if self.fail_fast:
+                raise
+            for m in members:
+                results.append(self._error(m, replica, planned, start, "engine_error", _short(exc)))
+            return 0, max(len(m.prompt_ids) for m in members), "error"
+        end = self.clock()
+        for m, g in zip(members, out.generated):
+            deadline = m.row.deadline_s
+            results.append(RowResult(
+                index=m.row.index, id=m.row.id, status="ok", output_text=g.text,
+                finish_reason=g.finish_reason, prompt_tokens=len(m.prompt_ids),
+                output_tokens=g.output_tokens, predicted_output_tokens=m.predicted_tokens,
+                replica=replica, batch=planned.batch, started_s=start, finished_s=end,
+                latency_s=end, deadline_s=deadline,
+                slo_met=None if deadline is None else end <= deadline,
+                warnings=list(m.row.warnings), passthrough=m.row.passthrough,
+            ))
+        return out.steps, out.prompt_width, "ok"
+
+    def _error(self, m: PreparedRow, replica, planned, start, code, message) -> RowResult:
+        end = self.clock()
+        return RowResult(
+            index=m.row.index, id=m.row.id, status="error", prompt_tokens=len(m.prompt_ids),
+            predicted_output_tokens=m.predicted_tokens, replica=replica, batch=planned.batch,
+            started_s=start, finished_s=end, latency_s=end, deadline_s=m.row.deadline_s,
+            slo_met=None if m.row.deadline_s is None else False,
+            error_code=code, error_message=message, warnings=list(m.row.warnings),
+            passthrough=m.row.passthrough,
+        )
+
+
+def _short(exc: BaseException) -> str:
+    text = f"{type(exc).__name__}: {exc}".splitlines()[0] if str(exc) else type(exc).__name__
+    return text[:300]
+
+
+def _free_memory() -> None:
+    """Give back cached accelerator memory before retrying smaller halves."""
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    except Exception:  # noqa: BLE001
+        pass
+    time.sleep(0)

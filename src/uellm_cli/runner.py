@@ -1,0 +1,426 @@
+"""`uellm run` as one function: read -> profile -> plan -> load -> execute -> write -> report.
+
+The run clock starts when the command starts (model loading counts). Nothing here prints:
+progress goes to a `RunObserver` the command supplies.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from collections.abc import Callable
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+from uellm_cli import __version__
+from uellm_cli.config import RunConfig
+from uellm_cli.engine.executor import Executor, PreparedRow
+from uellm_cli.engine.results import BatchRecord, RowResult
+from uellm_cli.errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_PARTIAL
+from uellm_cli.jobs.schema import Job, Row, RowError
+from uellm_cli.plan.types import Plan, Query
+
+# Tokens kept free at the end of the context so generation always has room for EOS.
+MIN_NEW_TOKENS = 1
+
+
+class RunObserver:
+    """Progress hooks; the default does nothing (library code never prints)."""
+
+    def stage(self, message: str) -> None: ...
+
+    def started(self, plan: Plan, rows_total: int, rows_skipped: int) -> None: ...
+
+    def batch_done(self, results: list[RowResult], record: BatchRecord, at_risk: int) -> None: ...
+
+    def interrupted(self, second: bool) -> None: ...
+
+
+@dataclass(slots=True)
+class RunOutcome:
+    exit_code: int
+    out_dir: Path
+    metrics: object | None = None  # report.metrics.RunMetrics
+    state: str = "complete"  # "complete" | "interrupted"
+    rows_total: int = 0
+    rows_ok: int = 0
+    rows_error: int = 0
+    rows_rejected: int = 0
+    report_html: Path | None = None
+    results_path: Path | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def run_job(cfg: RunConfig, *, observer: RunObserver | None = None,
+            clock_origin: float | None = None) -> RunOutcome:
+    """Run a job end to end. Raises UellmError subclasses for whole-run failures."""
+    from uellm_cli.jobs.readers import read_job
+
+    obs = observer or RunObserver()
+    t0 = clock_origin if clock_origin is not None else time.perf_counter()
+
+    def clock() -> float:
+        return time.perf_counter() - t0
+
+    started_at = datetime.now(timezone.utc)
+    obs.stage(f"reading {cfg.job}")
+    job = read_job(cfg.job, fmt=cfg.input_format, default_max_new_tokens=cfg.max_new_tokens,
+                   default_slo_s=cfg.slo_s, run_started_at=started_at)
+
+    from uellm_cli.engine.models import load_config, load_tokenizer, resolve_model
+
+    obs.stage(f"resolving model {cfg.model}")
+    resolved = resolve_model(cfg.model)
+    tokenizer = load_tokenizer(resolved, trust_remote_code=cfg.trust_remote_code)
+    hf_config = load_config(resolved, trust_remote_code=cfg.trust_remote_code)
+
+    from uellm_cli.engine.hf_engine import HFEngine
+    from uellm_cli.profile.model import profile_from_config
+
+    dtype = cfg.dtype or "float32"
+    model_profile = profile_from_config(hf_config, resolved.name, dtype)
+    encoder = HFEngine(tokenizer, raw_prompt=cfg.raw_prompt)
+    obs.stage("tokenising prompts")
+    prepared, rejected = _prepare_rows(job, encoder, model_profile.max_context)
+
+    from uellm_cli.jobs.lock import RunLock
+    from uellm_cli.jobs.manifest import Manifest, fingerprint, prepare_out_dir
+
+    options = cfg.output_options() | {
+        "model_revision": resolved.revision,
+        "chat_template": _template_hash(tokenizer, cfg.raw_prompt),
+    }
+    fp = fingerprint(job.file_sha256, options)
+    cfg.out.mkdir(parents=True, exist_ok=True)
+    with RunLock(cfg.out):
+        state = prepare_out_dir(cfg.out, fp, resume=cfg.resume, force=cfg.force,
+                                retry_errors=cfg.retry_errors)
+        manifest = Manifest.start(
+            cfg.out, fingerprint=fp, input_path=str(cfg.job), input_sha256=job.file_sha256,
+            input_format=job.fmt, rows_total=job.n_input, model=resolved.name,
+            options=options, versions=_versions(),
+        )
+        return _run_locked(cfg, job, resolved, model_profile, encoder, prepared, rejected,
+                           state, manifest, obs, clock)
+
+
+def _run_locked(cfg, job, resolved, model_profile, encoder, prepared, rejected, state,
+                manifest, obs, clock) -> RunOutcome:
+    from uellm_cli.jobs.writers import ResultLog
+
+    todo = {i: p for i, p in prepared.items() if i not in state.skip}
+    queries = _profile_queries(cfg, resolved.name, todo)
+    for i, q in queries.items():
+        todo[i].predicted_tokens = q.predicted_tokens
+
+    obs.stage("planning")
+    plan = _make_plan(cfg, model_profile, list(queries.values()), clock())
+    skipped_rows = _apply_on_miss(cfg, plan, todo)
+
+    obs.stage(f"loading {resolved.name}")
+    load_start = clock()
+    engines = _load_engines(cfg, resolved, encoder, plan)
+    model_load_s = clock() - load_start
+
+    stop = threading.Event()
+    executor = Executor(engines, clock=clock, stop=stop, fail_fast=cfg.fail_fast)
+    batches: list[BatchRecord] = []
+    new_results: list[RowResult] = []
+    log = ResultLog(cfg.out)
+    tracker = _RiskTracker(plan, set(todo))
+
+    def on_batch(results: list[RowResult], record: BatchRecord) -> None:
+        log.append(results)
+        batches.append(record)
+        new_results.extend(results)
+        manifest.progress(rows_done=len(state.done) + len(new_results))
+        obs.batch_done(results, record, tracker.update(record, clock()))
+
+    from uellm_cli.report.sampler import UtilisationSampler
+
+    obs.started(plan, job.n_input, len(state.skip))
+    sampler = UtilisationSampler(interval_s=cfg.sample_interval_s, clock=clock)
+    with _signals(stop, obs), sampler, log:
+        executor.run(plan, todo, on_batch)
+    interrupted = stop.is_set() and any(i not in log.done_indices() for i in todo)
+
+    records = _final_records(job, rejected, log, skipped_rows)
+    outcome = RunOutcome(exit_code=EXIT_OK, out_dir=cfg.out, rows_total=job.n_input)
+    _count(outcome, records)
+    if interrupted:
+        manifest.finish("interrupted", outcome)
+        outcome.state = "interrupted"
+        outcome.exit_code = EXIT_INTERRUPTED
+        return outcome
+
+    from uellm_cli.jobs.writers import write_errors, write_results
+
+    outcome.results_path = write_results(
+        cfg.out, [r for r in records], fmt=cfg.output_format,
+        passthrough_columns=job.passthrough_columns,
+    )
+    write_errors(cfg.out, _error_records(job, records))
+    outcome.metrics, outcome.report_html = _report(
+        cfg, plan, new_results, batches, model_load_s, sampler.samples(), resolved, manifest,
+        rows_resumed=len(state.done),
+    )
+    manifest.finish("complete", outcome)
+    if cfg.record_history:
+        _record_history(cfg, job, resolved, manifest, outcome, records)
+    missed = any(r.get("slo_met") is False for r in records)
+    if outcome.rows_error or outcome.rows_rejected or missed:
+        outcome.exit_code = EXIT_PARTIAL
+    return outcome
+
+
+def _prepare_rows(job: Job, encoder, max_context: int) -> tuple[dict[int, PreparedRow], list[RowError]]:
+    """Tokenise every valid row; reject prompts that do not fit the context, cap the budget."""
+    prepared: dict[int, PreparedRow] = {}
+    rejected: list[RowError] = []
+    for row in job.rows:
+        try:
+            ids = encoder.encode(row)
+        except Exception as exc:  # noqa: BLE001 - a template or tokenizer failure is the row's
+            rejected.append(RowError(str(job.path), row.line, row.id, "messages" if row.messages
+                                     else "prompt", "tokenize_failed", f"could not tokenise: {exc}"[:300],
+                                     row.index))
+            continue
+        room = max_context - len(ids)
+        if room < MIN_NEW_TOKENS:
+            rejected.append(RowError(
+                str(job.path), row.line, row.id, "messages" if row.messages else "prompt",
+                "prompt_too_long",
+                f"prompt is {len(ids)} tokens; the model's context is {max_context}", row.index,
+            ))
+            continue
+        if row.max_new_tokens > room:
+            row.warnings.append(
+                f"max_new_tokens capped from {row.max_new_tokens} to {room} to fit the "
+                f"{max_context}-token context"
+            )
+            row.max_new_tokens = room
+        prepared[row.index] = PreparedRow(row=row, prompt_ids=ids, predicted_tokens=row.max_new_tokens)
+    return prepared, rejected
+
+
+def _profile_queries(cfg: RunConfig, model_name: str, todo: dict[int, PreparedRow]) -> dict[int, Query]:
+    from uellm_cli.profile.lengths import LengthQuery, get_predictor
+
+    predictor = get_predictor(cfg.predictor, model_name=model_name)
+    items = list(todo.values())
+    preds = predictor.predict([
+        LengthQuery(text=_row_text(p.row), prompt_tokens=len(p.prompt_ids),
+                    max_new_tokens=p.row.max_new_tokens)
+        for p in items
+    ])
+    return {
+        p.row.index: Query(
+            index=p.row.index, id=p.row.id, prompt_tokens=len(p.prompt_ids),
+            max_new_tokens=p.row.max_new_tokens, predicted_tokens=pred.tokens,
+            predicted_upper=pred.upper, deadline_s=p.row.deadline_s, priority=p.row.priority,
+            group=p.row.sampling.key(),
+        )
+        for p, pred in zip(items, preds)
+    }
+
+
+def _row_text(row: Row) -> str:
+    if row.prompt is not None:
+        return row.prompt
+    return "\n".join(str(m.get("content", "")) for m in row.messages or [])
+
+
+def _make_plan(cfg: RunConfig, model_profile, queries: list[Query], now_s: float) -> Plan:
+    from uellm_cli.plan.planner import make_plan
+    from uellm_cli.profile.calibrate import load_calibrations
+    from uellm_cli.profile.hardware import resolve_cluster
+
+    cluster = resolve_cluster(cfg.cluster)
+    return make_plan(
+        queries, model_profile, cluster, policy=cfg.policy,
+        calibrations=load_calibrations("hf"), start_offset_s=now_s + _expected_load_s(model_profile),
+        max_batch_size=cfg.max_batch_size, on_miss=cfg.on_miss,
+    )
+
+
+def _expected_load_s(model_profile) -> float:
+    """Loading safetensors runs at roughly disk/memory speed: ~1 GB/s is a fair CPU guess."""
+    return 0.5 + model_profile.weight_bytes / 1e9
+
+
+def _apply_on_miss(cfg: RunConfig, plan: Plan, todo: dict[int, PreparedRow]) -> dict[int, RowResult]:
+    """With --on-miss skip, rows forecast to miss are not run; they get status error/skipped."""
+    if cfg.on_miss != "skip":
+        return {}
+    skipped: dict[int, RowResult] = {}
+    for idx, fc in plan.forecast.items():
+        if fc.slo_met is False and idx in todo:
+            row = todo.pop(idx).row
+            skipped[idx] = RowResult(
+                index=idx, id=row.id, status="error", deadline_s=row.deadline_s, slo_met=False,
+                error_code="deadline_infeasible",
+                error_message=f"forecast to finish at {fc.finish_s:.1f}s, after its deadline "
+                              f"{row.deadline_s:.1f}s (--on-miss skip)",
+                passthrough=row.passthrough,
+            )
+    return skipped
+
+
+def _load_engines(cfg: RunConfig, resolved, encoder, plan: Plan) -> dict:
+    """One model copy per replica, placed by the replica's device_map."""
+    from uellm_cli.engine.hf_engine import HFEngine
+    from uellm_cli.engine.models import load_model
+
+    engines = {}
+    for replica in plan.deployment.replicas:
+        device_map = replica.device_map
+        if set(device_map.values()) <= {"cpu"}:
+            device_map = None  # a one-device CPU map is the plain load
+        model = load_model(resolved, device_map=device_map, dtype=cfg.dtype,
+                           trust_remote_code=cfg.trust_remote_code)
+        engines[replica.index] = HFEngine(encoder.tokenizer, model, raw_prompt=cfg.raw_prompt)
+    return engines
+
+
+class _RiskTracker:
+    """Rows at risk: not done yet, and their forecast finish, shifted by how late the run is
+    against the plan so far, is past their deadline."""
+
+    def __init__(self, plan: Plan, pending: set[int]):
+        self.plan = plan
+        self.pending = set(pending)
+        self.drift = 0.0
+
+    def update(self, record: BatchRecord, now: float) -> int:
+        self.pending.difference_update(record.rows)
+        if record.forecast_finish_s is not None:
+            self.drift = record.finished_s - record.forecast_finish_s
+        n = 0
+        for i in self.pending:
+            fc = self.plan.forecast.get(i)
+            if fc is not None and fc.deadline_s is not None and fc.finish_s + self.drift > fc.deadline_s:
+                n += 1
+        return n
+
+
+def _final_records(job: Job, rejected: list[RowError], log, skipped: dict[int, RowResult]) -> list[dict]:
+    """One record per input row, in input order: logged results, then rejections."""
+    by_index: dict[int, dict] = dict(log.records())
+    for r in skipped.values():
+        by_index[r.index] = r.to_record() | {"index": r.index}
+    for e in list(job.errors) + rejected:
+        if e.index is None:
+            continue
+        by_index[e.index] = RowResult(
+            index=e.index, id=e.id if e.id is not None else "", status="rejected",
+            error_code=e.code, error_message=e.reason,
+        ).to_record() | {"index": e.index, "_file": e.file, "_line": e.line, "_field": e.field}
+    return [by_index[i] for i in sorted(by_index)]
+
+
+def _error_records(job: Job, records: list[dict]) -> list[dict]:
+    lines = {r.index: r.line for r in job.rows}
+    out = []
+    for r in records:
+        if r["status"] == "ok":
+            continue
+        out.append({
+            "file": r.get("_file", str(job.path)),
+            "line": r.get("_line", lines.get(r["index"])),
+            "id": r.get("id"),
+            "field": r.get("_field"),
+            "code": r.get("error_code"),
+            "reason": r.get("error_message"),
+            "status": r["status"],
+        })
+    return out
+
+
+def _count(outcome: RunOutcome, records: list[dict]) -> None:
+    for r in records:
+        if r["status"] == "ok":
+            outcome.rows_ok += 1
+        elif r["status"] == "rejected":
+            outcome.rows_rejected += 1
+        else:
+            outcome.rows_error += 1
+
+
+def _report(cfg, plan, results, batches, model_load_s, samples, resolved, manifest, rows_resumed):
+    from uellm_cli.plan.planner import plan_to_dict
+    from uellm_cli.report.metrics import summarize
+    from uellm_cli.report.render import write_report_html, write_report_json
+
+    plan_dict = plan_to_dict(plan)
+    metrics = summarize(results, batches, model_load_s=model_load_s,
+                        forecast=plan_dict.get("forecast_summary"), utilisation=samples)
+    common = dict(plan_dict=plan_dict, options=manifest.options, versions=manifest.versions,
+                  results=results, batches=batches, utilisation=samples)
+    write_report_json(cfg.out, metrics, **common)
+    html = write_report_html(cfg.out, metrics, **common)
+    return metrics, html
+
+
+def _record_history(cfg, job, resolved, manifest, outcome, records) -> None:
+    from uellm_cli import store
+
+    store.record_run(out_dir=cfg.out, job_path=cfg.job, fingerprint=manifest.fingerprint,
+                     model=resolved.name, options=manifest.options, versions=manifest.versions,
+                     metrics=outcome.metrics, records=records, prompts=_prompts(job),
+                     started_at=manifest.started_at, finished_at=manifest.finished_at)
+
+
+def _prompts(job: Job) -> dict[int, str]:
+    return {r.index: _row_text(r) for r in job.rows}
+
+
+def _template_hash(tokenizer, raw_prompt: bool) -> str | None:
+    import hashlib
+
+    tpl = getattr(tokenizer, "chat_template", None)
+    if raw_prompt or not tpl:
+        return None
+    return hashlib.sha256(str(tpl).encode()).hexdigest()[:16]
+
+
+def _versions() -> dict:
+    import importlib.metadata as md
+
+    out = {"uellm": __version__}
+    for pkg in ("torch", "transformers", "accelerate"):
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            out[pkg] = None
+    return out
+
+
+@contextmanager
+def _signals(stop: threading.Event, obs: RunObserver):
+    """First SIGINT/SIGTERM: finish the current batch, write, exit 130. Second: stop at once
+    (what is on disk stays valid: the log is append-only and fsynced per batch)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+
+    def handler(signum, frame):
+        if stop.is_set():
+            obs.interrupted(second=True)
+            raise KeyboardInterrupt
+        stop.set()
+        obs.interrupted(second=False)
+
+    for s in previous:
+        signal.signal(s, handler)
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+ClockFn = Callable[[], float]
