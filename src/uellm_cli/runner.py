@@ -94,17 +94,32 @@ def run_job(cfg: RunConfig, *, observer: RunObserver | None = None,
         "chat_template": _template_hash(tokenizer, cfg.raw_prompt),
     }
     fp = fingerprint(job.file_sha256, options)
-    cfg.out.mkdir(parents=True, exist_ok=True)
-    with RunLock(cfg.out):
+    with RunLock(cfg.out) as lock:
+        if lock.took_over_stale:
+            obs.stage(f"took over a stale lock in {cfg.out} (its process is gone)")
         state = prepare_out_dir(cfg.out, fp, resume=cfg.resume, force=cfg.force,
-                                retry_errors=cfg.retry_errors)
-        manifest = Manifest.start(
-            cfg.out, fingerprint=fp, input_path=str(cfg.job), input_sha256=job.file_sha256,
-            input_format=job.fmt, rows_total=job.n_input, model=resolved.name,
-            options=options, versions=_versions(),
+                                retry_errors=cfg.retry_errors, file_sha256=job.file_sha256,
+                                options=options)
+        manifest = state.previous or Manifest(
+            fingerprint=fp,
+            input={"path": str(cfg.job), "sha256": job.file_sha256, "format": job.fmt,
+                   "rows": job.n_input},
+            model={"id": resolved.name, "path": str(resolved.path), "source": resolved.source,
+                   "revision": resolved.revision},
+            options=options, versions=_versions(), rows_total=job.n_input,
         )
-        return _run_locked(cfg, job, resolved, model_profile, encoder, prepared, rejected,
-                           state, manifest, obs, clock)
+        manifest.versions = _versions()
+        manifest.start_attempt()
+        manifest.set_counts(state.done)
+        manifest.save(cfg.out)
+        try:
+            return _run_locked(cfg, job, resolved, model_profile, encoder, prepared, rejected,
+                               state, manifest, obs, clock)
+        except BaseException as exc:
+            if manifest.state == "running":
+                manifest.finish("interrupted" if isinstance(exc, KeyboardInterrupt) else "failed")
+                manifest.save(cfg.out)
+            raise
 
 
 def _run_locked(cfg, job, resolved, model_profile, encoder, prepared, rejected, state,
@@ -129,6 +144,7 @@ def _run_locked(cfg, job, resolved, model_profile, encoder, prepared, rejected, 
     executor = Executor(engines, clock=clock, stop=stop, fail_fast=cfg.fail_fast)
     batches: list[BatchRecord] = []
     new_results: list[RowResult] = []
+    done: dict[int, dict] = dict(state.done)
     log = ResultLog(cfg.out)
     tracker = _RiskTracker(plan, set(todo))
 
@@ -136,7 +152,10 @@ def _run_locked(cfg, job, resolved, model_profile, encoder, prepared, rejected, 
         log.append(results)
         batches.append(record)
         new_results.extend(results)
-        manifest.progress(rows_done=len(state.done) + len(new_results))
+        for r in results:
+            done[r.index] = r.to_record() | {"index": r.index}
+        manifest.set_counts(done)
+        manifest.save(cfg.out)
         obs.batch_done(results, record, tracker.update(record, clock()))
 
     from uellm_cli.report.sampler import UtilisationSampler
@@ -145,13 +164,14 @@ def _run_locked(cfg, job, resolved, model_profile, encoder, prepared, rejected, 
     sampler = UtilisationSampler(interval_s=cfg.sample_interval_s, clock=clock)
     with _signals(stop, obs), sampler, log:
         executor.run(plan, todo, on_batch)
-    interrupted = stop.is_set() and any(i not in log.done_indices() for i in todo)
+    interrupted = stop.is_set() and any(i not in done for i in todo)
 
-    records = _final_records(job, rejected, log, skipped_rows)
+    records = _final_records(job, rejected, done, skipped_rows)
     outcome = RunOutcome(exit_code=EXIT_OK, out_dir=cfg.out, rows_total=job.n_input)
     _count(outcome, records)
     if interrupted:
-        manifest.finish("interrupted", outcome)
+        manifest.finish("interrupted")
+        manifest.save(cfg.out)
         outcome.state = "interrupted"
         outcome.exit_code = EXIT_INTERRUPTED
         return outcome
@@ -159,15 +179,17 @@ def _run_locked(cfg, job, resolved, model_profile, encoder, prepared, rejected, 
     from uellm_cli.jobs.writers import write_errors, write_results
 
     outcome.results_path = write_results(
-        cfg.out, [r for r in records], fmt=cfg.output_format,
-        passthrough_columns=job.passthrough_columns,
+        cfg.out, records, fmt=cfg.output_format, passthrough_columns=job.passthrough_columns,
+        model_name=resolved.name,
     )
     write_errors(cfg.out, _error_records(job, records))
     outcome.metrics, outcome.report_html = _report(
         cfg, plan, new_results, batches, model_load_s, sampler.samples(), resolved, manifest,
         rows_resumed=len(state.done),
     )
-    manifest.finish("complete", outcome)
+    manifest.set_counts({r["index"]: r for r in records})
+    manifest.finish("complete")
+    manifest.save(cfg.out)
     if cfg.record_history:
         _record_history(cfg, job, resolved, manifest, outcome, records)
     missed = any(r.get("slo_met") is False for r in records)
@@ -306,9 +328,10 @@ class _RiskTracker:
         return n
 
 
-def _final_records(job: Job, rejected: list[RowError], log, skipped: dict[int, RowResult]) -> list[dict]:
+def _final_records(job: Job, rejected: list[RowError], done: dict[int, dict],
+                   skipped: dict[int, RowResult]) -> list[dict]:
     """One record per input row, in input order: logged results, then rejections."""
-    by_index: dict[int, dict] = dict(log.records())
+    by_index: dict[int, dict] = dict(done)
     for r in skipped.values():
         by_index[r.index] = r.to_record() | {"index": r.index}
     for e in list(job.errors) + rejected:

@@ -35,7 +35,8 @@ class RowResult:
         extra = d.pop("passthrough")
         d["warnings"] = "; ".join(d["warnings"]) if d["warnings"] else None
         for k, v in extra.items():
-            d.setdefault(k, v)
+            # an input column named like a result field keeps its value under input_<name>
+            d["input_" + k if k in d or k == "index" else k] = v
         return d
 
 
