@@ -127,7 +127,7 @@ def _run_locked(cfg, job, resolved, model_profile, encoder, prepared, rejected, 
     from uellm_cli.jobs.writers import ResultLog
 
     todo = {i: p for i, p in prepared.items() if i not in state.skip}
-    queries = _profile_queries(cfg, resolved.name, todo)
+    queries = _profile_queries(cfg, resolved.name, todo)  # index -> Query
     for i, q in queries.items():
         todo[i].predicted_tokens = q.predicted_tokens
 
@@ -184,8 +184,8 @@ def _run_locked(cfg, job, resolved, model_profile, encoder, prepared, rejected, 
     )
     write_errors(cfg.out, _error_records(job, records))
     outcome.metrics, outcome.report_html = _report(
-        cfg, plan, new_results, batches, model_load_s, sampler.samples(), resolved, manifest,
-        rows_resumed=len(state.done),
+        cfg, plan, queries, _as_results(records), batches, model_load_s, sampler.samples(),
+        manifest,
     )
     manifest.set_counts({r["index"]: r for r in records})
     manifest.finish("complete")
@@ -372,19 +372,27 @@ def _count(outcome: RunOutcome, records: list[dict]) -> None:
             outcome.rows_error += 1
 
 
-def _report(cfg, plan, results, batches, model_load_s, samples, resolved, manifest, rows_resumed):
+def _report(cfg, plan, queries, results, batches, model_load_s, samples, manifest):
+    """Metrics over every input row (this attempt's, resumed and rejected), forecast beside."""
     from uellm_cli.plan.planner import plan_to_dict
-    from uellm_cli.report.metrics import summarize
+    from uellm_cli.report.metrics import forecast_summary, summarize
     from uellm_cli.report.render import write_report_html, write_report_json
 
-    plan_dict = plan_to_dict(plan)
-    metrics = summarize(results, batches, model_load_s=model_load_s,
-                        forecast=plan_dict.get("forecast_summary"), utilisation=samples)
-    common = dict(plan_dict=plan_dict, options=manifest.options, versions=manifest.versions,
-                  results=results, batches=batches, utilisation=samples)
+    forecast = forecast_summary(plan, {i: q.predicted_tokens for i, q in queries.items()})
+    metrics = summarize(results, batches, model_load_s=model_load_s, forecast=forecast,
+                        utilisation=samples)
+    common = dict(plan_dict=plan_to_dict(plan), options=manifest.options,
+                  versions=manifest.versions, results=results, batches=batches,
+                  utilisation=samples, title=f"uellm run {cfg.job.stem}")
     write_report_json(cfg.out, metrics, **common)
     html = write_report_html(cfg.out, metrics, **common)
     return metrics, html
+
+
+def _as_results(records: list[dict]) -> list[RowResult]:
+    """Final per-row records back into RowResults (passthrough columns left aside)."""
+    names = set(RowResult.__slots__) - {"passthrough", "warnings"}
+    return [RowResult(**{k: v for k, v in r.items() if k in names}) for r in records]
 
 
 def _record_history(cfg, job, resolved, manifest, outcome, records) -> None:
@@ -392,7 +400,7 @@ def _record_history(cfg, job, resolved, manifest, outcome, records) -> None:
 
     store.record_run(out_dir=cfg.out, job_path=cfg.job, fingerprint=manifest.fingerprint,
                      model=resolved.name, options=manifest.options, versions=manifest.versions,
-                     metrics=outcome.metrics, records=records, prompts=_prompts(job),
+                     metrics=outcome.metrics, records=records, prompts=_prompts(job), rows=job.rows,
                      started_at=manifest.started_at, finished_at=manifest.finished_at)
 
 
