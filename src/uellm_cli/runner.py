@@ -263,7 +263,7 @@ def _make_plan(cfg: RunConfig, model_profile, queries: list[Query], now_s: float
     cluster = resolve_cluster(cfg.cluster)
     return make_plan(
         queries, model_profile, cluster, policy=cfg.policy,
-        calibrations=load_calibrations("hf"), start_offset_s=now_s + _expected_load_s(model_profile),
+        calibrations=load_calibrations("hf", model=model_profile.name), start_offset_s=now_s + _expected_load_s(model_profile),
         max_batch_size=cfg.max_batch_size, on_miss=cfg.on_miss,
     )
 
