@@ -60,7 +60,9 @@ def main() -> None:
     from uellm_cli.errors import EXIT_FAILED, EXIT_INTERRUPTED, UellmError
 
     try:
-        app(standalone_mode=False)
+        # standalone_mode=False: click returns typer.Exit's code instead of exiting
+        code = app(standalone_mode=False)
+        sys.exit(code if isinstance(code, int) else 0)
     except UellmError as exc:
         fail(str(exc), exc.hint)
         sys.exit(exc.exit_code)

@@ -105,3 +105,7 @@ class Plan:
     start_offset_s: float = 0.0
     alternatives: list[dict] = field(default_factory=list)  # other deployments with their forecast
     notes: list[str] = field(default_factory=list)
+    # Rows not run under --on-miss skip (their RowForecast stays in `forecast`, replica/batch -1).
+    skipped: list[int] = field(default_factory=list)
+    summary: dict = field(default_factory=dict)  # simulate.ForecastMetrics.to_dict() of this plan
+    cost_model: dict = field(default_factory=dict)  # CostModel.describe(): roofline or calibration

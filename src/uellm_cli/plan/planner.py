@@ -1,0 +1,282 @@
+"""Joint planning: candidate deployments x the scheduler, judged by one cost model.
+
+Candidates: HELR placements (plan/deployer.py) for the objective's placement rule(s), at every
+replica count and at a few KV reserves (room for batches of 1, 8 and max_batch_size rows at the
+95th percentile of prompt + predicted_upper tokens), plus `extra_deployments` (accelerate's
+auto/balanced/sequential, computed by the caller since they need torch). The scheduler runs on
+each; the forecast decides:
+- lr:   best SLO attainment, then shortest makespan, then fewest devices;
+- he:   best SLO attainment, then fewest devices, then shortest makespan;
+- helr: best SLO attainment, then, among candidates whose makespan is within MAKESPAN_TOL of the
+        shortest, the fewest devices (a device that shortens the run by less than that is not
+        worth holding), then the shortest makespan. Its pool holds both lr and he placements.
+With more than `judge_rows` rows, candidates are judged on every k-th row in deadline order with
+deadlines compressed by k around the start (the load shrinks by k, so does the time), and the
+chosen one is then scheduled on every row.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, replace
+
+from uellm_cli.errors import ConfigError, DoesNotFitError
+from uellm_cli.plan.deployer import PlacementSearch
+from uellm_cli.plan.scheduler import get_scheduler, schedule
+from uellm_cli.plan.simulate import ForecastMetrics, forecast_metrics, forecast_rows
+from uellm_cli.plan.types import Deployment, Plan, PlannedBatch, Query, RowForecast
+from uellm_cli.profile.calibration import Calibration
+from uellm_cli.profile.costmodel import CostModel
+from uellm_cli.profile.hardware import Cluster
+from uellm_cli.profile.model import ModelProfile
+
+OBJECTIVES = ("helr", "lr", "he")
+ON_MISS = ("run", "skip")
+MAKESPAN_TOL = 0.02
+JUDGE_ROWS = 2000
+SKIP_ROUNDS = 10
+INF = float("inf")
+
+
+@dataclass(slots=True)
+class _Judged:
+    deployment: Deployment
+    batches: list[PlannedBatch]
+    forecast: dict[int, RowForecast]
+    metrics: ForecastMetrics
+    judged_rows: int
+    notes: list[str]
+
+    @property
+    def n_devices(self) -> int:
+        return sum(len(set(r.devices)) for r in self.deployment.replicas)
+
+    @property
+    def attainment(self) -> float:
+        a = self.metrics.slo_attainment
+        return 1.0 if a is None else a
+
+    @property
+    def makespan(self) -> float:
+        return self.metrics.makespan_s or 0.0
+
+
+def make_plan(
+    queries: list[Query],
+    model: ModelProfile,
+    cluster: Cluster,
+    *,
+    policy: str = "slo-odbs",
+    objective: str = "helr",
+    calibrations: dict[str, Calibration] | None = None,
+    start_offset_s: float = 0.0,
+    max_batch_size: int | None = None,
+    extra_deployments: Sequence[Deployment] = (),
+    on_miss: str = "run",
+    policy_params: dict | None = None,
+    judge_rows: int = JUDGE_ROWS,
+) -> Plan:
+    """Choose a deployment and a batch timeline for `queries` (see the module docstring)."""
+    if objective not in OBJECTIVES:
+        raise ConfigError(f"unknown objective {objective!r}: choose one of {', '.join(OBJECTIVES)}")
+    if on_miss not in ON_MISS:
+        raise ConfigError(f"--on-miss {on_miss!r}: choose one of {', '.join(ON_MISS)}")
+    if max_batch_size is not None and max_batch_size < 1:
+        raise ConfigError(f"max batch size must be >= 1, got {max_batch_size}")
+    sched = get_scheduler(policy, policy_params)  # validates policy and params early
+    cap = max_batch_size or getattr(sched, "max_batch_size", None) or getattr(sched, "batch_size", 16)
+    cost = CostModel(model, cluster, calibrations)
+    notes: list[str] = []
+
+    candidates = helr_candidates(queries, model, cluster, cost, objective=objective, batch_cap=cap)
+    candidates.extend(d for d in extra_deployments if d.replicas)  # listed even when equal to a HELR map
+
+    sample, k = _judging_sample(queries, judge_rows, start_offset_s)
+    if k > 1:
+        notes.append(f"candidates judged on 1 row in {k} ({len(sample)} rows, deadlines compressed by {k}); "
+                     "the chosen one is scheduled on every row")
+    pred = {q.index: q.predicted_tokens for q in queries}
+    judged = []
+    for dep in candidates:
+        j_notes: list[str] = []
+        batches = schedule(sample, dep.replicas, cost, policy=policy, start_s=start_offset_s,
+                           max_batch_size=max_batch_size, params=policy_params, notes=j_notes)
+        fc = forecast_rows(batches, {q.index: q.deadline_s for q in sample})
+        judged.append(_Judged(dep, batches, fc, forecast_metrics(batches, fc, pred), len(sample), j_notes))
+    chosen = _pick(judged, objective)
+
+    skipped: dict[int, RowForecast] = {}
+    if k > 1 or on_miss == "skip":
+        chosen = _full(chosen, queries, cost, policy, start_offset_s, max_batch_size, policy_params,
+                       on_miss, skipped)
+    notes.extend(chosen.notes)
+    if skipped:
+        notes.append(f"{len(skipped)} row(s) forecast to miss their deadline are skipped (--on-miss skip)")
+    forecast = dict(chosen.forecast)
+    forecast.update(skipped)
+    metrics = forecast_metrics(chosen.batches, forecast, pred)
+    alternatives = []
+    for j in judged:
+        is_chosen = j.deployment is chosen.deployment
+        m = metrics if is_chosen else j.metrics
+        alternatives.append(_alternative(j, m, cost, len(queries) if is_chosen else j.judged_rows, is_chosen))
+    for dev in cost.describe()["devices"]:
+        if "note" in dev:
+            notes.append(f"{dev['device']}: {dev['note']}; using the roofline")
+    return Plan(
+        policy=policy,
+        deployment=chosen.deployment,
+        batches=chosen.batches,
+        forecast=forecast,
+        start_offset_s=start_offset_s,
+        alternatives=alternatives,
+        notes=notes,
+        skipped=sorted(skipped),
+        summary=metrics.to_dict(),
+        cost_model=cost.describe(),
+    )
+
+
+def helr_candidates(queries: Sequence[Query], model: ModelProfile, cluster: Cluster, cost: CostModel, *,
+                    objective: str = "helr", batch_cap: int = 64) -> list[Deployment]:
+    """HELR deployments for the objective's placement rule(s), every replica count and KV reserve
+    level; DoesNotFitError when not even one row at the 95th-percentile length fits anywhere."""
+    rules = ("lr", "he") if objective == "helr" else (objective,)
+    n = len(queries)
+    ctx = _p95([q.prompt_tokens + q.predicted_upper for q in queries], default=512)
+    ctx = min(ctx, model.max_context) if model.max_context else ctx
+    prompt = _p95([q.prompt_tokens for q in queries], default=128)
+    ref_batch = max(1, min(batch_cap, n))
+    ref_ctx = (int(sum(q.prompt_tokens + q.predicted_tokens / 2 for q in queries) / n) if n else 512) or 1
+    levels = sorted({1, min(8, batch_cap), batch_cap} & set(range(1, max(1, n) + 1))) or [1]
+    out: list[Deployment] = []
+    seen: set = set()
+    first_failure: DoesNotFitError | None = None
+    for b in levels:
+        search = PlacementSearch(model, cluster, cost, kv_reserve_bytes=cost.kv_bytes(b, ctx),
+                                 act_reserve_bytes=cost.activation_bytes(b, prompt),
+                                 ref_batch=ref_batch, ref_context=ref_ctx)
+        found = False
+        for rule in rules:
+            for dep in search.deployments(rule):
+                found = True
+                key = _dep_key(dep)
+                if key not in seen:
+                    seen.add(key)
+                    dep.note = f"{dep.note}, sized for batches of {b} x {ctx} tokens"
+                    out.append(dep)
+        if not found and first_failure is None:
+            first_failure = search.does_not_fit()
+    if not out:
+        raise first_failure or DoesNotFitError(f"{model.name} fits on no device")
+    return out
+
+
+def _full(chosen: _Judged, queries, cost, policy, start, max_batch_size, params, on_miss,
+          skipped: dict[int, RowForecast]) -> _Judged:
+    """Schedule every row on the chosen deployment; with on_miss=skip drop rows forecast to miss
+    and reschedule the rest (a few rounds: dropping rows only moves the others earlier)."""
+    deadlines = {q.index: q.deadline_s for q in queries}
+    rows = list(queries)
+    notes: list[str] = []
+    for _ in range(SKIP_ROUNDS):
+        notes = []
+        batches = schedule(rows, chosen.deployment.replicas, cost, policy=policy, start_s=start,
+                           max_batch_size=max_batch_size, params=params, notes=notes)
+        fc = forecast_rows(batches, deadlines)
+        if on_miss != "skip":
+            break
+        miss = {i for i, f in fc.items() if f.deadline_s is not None and f.finish_s > f.deadline_s}
+        if not miss:
+            break
+        for i in miss:
+            f = fc[i]
+            skipped[i] = RowForecast(i, -1, -1, f.start_s, f.finish_s, f.deadline_s)
+        rows = [q for q in rows if q.index not in miss]
+    return _Judged(chosen.deployment, batches, fc, chosen.metrics, len(queries), notes)  # metrics: by the caller
+
+
+def _pick(judged: list[_Judged], objective: str) -> _Judged:
+    best_att = max(j.attainment for j in judged)
+    pool = [j for j in judged if j.attainment >= best_att - 1e-9]
+    if objective == "he":
+        return min(pool, key=lambda j: (j.n_devices, j.makespan))
+    if objective == "lr":
+        return min(pool, key=lambda j: (j.makespan, j.n_devices))
+    shortest = min(j.makespan for j in pool)
+    near = [j for j in pool if j.makespan <= shortest * (1 + MAKESPAN_TOL) + 1e-12]
+    return min(near, key=lambda j: (j.n_devices, j.makespan))
+
+
+def _judging_sample(queries: Sequence[Query], limit: int, start: float) -> tuple[list[Query], int]:
+    if len(queries) <= limit:
+        return list(queries), 1
+    k = math.ceil(len(queries) / limit)
+    picked = sorted(queries, key=lambda q: INF if q.deadline_s is None else q.deadline_s)[::k]
+    return [q if q.deadline_s is None else replace(q, deadline_s=start + (q.deadline_s - start) / k)
+            for q in picked], k
+
+
+def _p95(values: Sequence[int], default: int) -> int:
+    if not values:
+        return default
+    s = sorted(values)
+    return int(s[min(len(s) - 1, int(math.ceil(0.95 * len(s))) - 1)])
+
+
+def _dep_key(d: Deployment) -> tuple:
+    return tuple(tuple((s.device, s.first_layer, s.last_layer) for s in r.stages) for r in d.replicas)
+
+
+def _alternative(j: _Judged, m: ForecastMetrics, cost: CostModel, rows: int, chosen: bool) -> dict:
+    reps = j.deployment.replicas
+    return {
+        "strategy": j.deployment.strategy,
+        "note": j.deployment.note,
+        "replicas": len(reps),
+        "devices": [list(r.devices) for r in reps],
+        "n_devices": j.n_devices,
+        "per_token_s": cost.decode_step_s(reps[0], 1, 512) if reps else None,
+        "kv_budget_bytes": min((r.kv_budget_bytes for r in reps), default=0),
+        "makespan_s": m.makespan_s,
+        "slo_attainment": m.slo_attainment,
+        "throughput_tok_s": m.throughput_tok_s,
+        "goodput_tok_s": m.goodput_tok_s,
+        "judged_rows": rows,
+        "chosen": chosen,
+    }
+
+
+def plan_to_dict(plan: Plan) -> dict:
+    """The plan as JSON-ready data (for --json and report.json)."""
+    dep = plan.deployment
+    return {
+        "policy": plan.policy,
+        "start_offset_s": plan.start_offset_s,
+        "deployment": {
+            "strategy": dep.strategy,
+            "note": dep.note,
+            "replicas": [
+                {
+                    "index": r.index,
+                    "devices": list(r.devices),
+                    "kv_budget_bytes": r.kv_budget_bytes,
+                    "stages": [asdict(s) for s in r.stages],
+                    "device_map": dict(r.device_map),
+                }
+                for r in dep.replicas
+            ],
+        },
+        "forecast_summary": dict(plan.summary) | {"start_offset_s": plan.start_offset_s},
+        "batches": [asdict(b) for b in plan.batches],
+        "forecast": [
+            {"index": f.index, "replica": f.replica, "batch": f.batch, "start_s": f.start_s,
+             "finish_s": f.finish_s, "deadline_s": f.deadline_s, "slo_met": f.slo_met}
+            for f in sorted(plan.forecast.values(), key=lambda f: f.index)
+        ],
+        "skipped": list(plan.skipped),
+        "alternatives": [dict(a) for a in plan.alternatives],
+        "cost_model": plan.cost_model,
+        "notes": list(plan.notes),
+    }
