@@ -37,6 +37,7 @@ class RunConfig:
     fail_fast: bool = False
     sample_interval_s: float = 1.0
     record_history: bool = True
+    threads: int | None = None
 
     def __post_init__(self) -> None:
         if self.policy not in POLICIES:
@@ -61,6 +62,8 @@ class RunConfig:
             raise ConfigError(f"--max-batch-size must be >= 1, got {self.max_batch_size}")
         if self.sample_interval_s <= 0:
             raise ConfigError("--sample-interval must be > 0 seconds")
+        if self.threads is not None and self.threads < 1:
+            raise ConfigError(f"--threads must be >= 1, got {self.threads}")
         if self.resume and self.force:
             raise ConfigError("--resume and --force contradict each other: pick one")
 
@@ -70,6 +73,6 @@ class RunConfig:
         change sampled text and the report, so they are included too."""
         d = asdict(self)
         for k in ("job", "out", "resume", "force", "retry_errors", "fail_fast",
-                  "sample_interval_s", "record_history", "cluster", "output_format"):
+                  "sample_interval_s", "record_history", "cluster", "output_format", "threads"):
             d.pop(k)
         return d

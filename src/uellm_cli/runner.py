@@ -245,7 +245,7 @@ def _profile_queries(cfg: RunConfig, model_name: str, todo: dict[int, PreparedRo
             predicted_upper=pred.upper, deadline_s=p.row.deadline_s, priority=p.row.priority,
             group=p.row.sampling.key(),
         )
-        for p, pred in zip(items, preds)
+        for p, pred in zip(items, preds, strict=False)
     }
 
 
@@ -302,7 +302,7 @@ def _load_engines(cfg: RunConfig, resolved, encoder, plan: Plan) -> dict:
         if set(device_map.values()) <= {"cpu"}:
             device_map = None  # a one-device CPU map is the plain load
         model = load_model(resolved, device_map=device_map, dtype=cfg.dtype,
-                           trust_remote_code=cfg.trust_remote_code)
+                           trust_remote_code=cfg.trust_remote_code, threads=cfg.threads)
         engines[replica.index] = HFEngine(encoder.tokenizer, model, raw_prompt=cfg.raw_prompt)
     return engines
 

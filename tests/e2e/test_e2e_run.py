@@ -122,7 +122,7 @@ def test_batched_outputs_equal_one_row_at_a_time(tmp_path, tiny_llama, capsys):
 
     tok = AutoTokenizer.from_pretrained(tiny_llama)
     model = AutoModelForCausalLM.from_pretrained(tiny_llama)
-    for row, res in zip(GOOD_ROWS, ra):
+    for row, res in zip(GOOD_ROWS, ra, strict=False):
         msgs = row.get("messages") or [{"role": "user", "content": row["prompt"]}]
         ids = tok.apply_chat_template(msgs, add_generation_prompt=True, return_tensors="pt",
                                       return_dict=True)

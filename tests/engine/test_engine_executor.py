@@ -29,7 +29,7 @@ class ScriptedEngine:
             raise MemoryError("can't allocate")
         if any(n in self.fail_with for n in lens):
             raise ValueError("boom in kernel")
-        gens = [Generated(f"out-{n}", min(3, m), "stop") for n, m in zip(lens, max_new_tokens)]
+        gens = [Generated(f"out-{n}", min(3, m), "stop") for n, m in zip(lens, max_new_tokens, strict=False)]
         return BatchOutput(gens, steps=3, prompt_width=max(lens))
 
 

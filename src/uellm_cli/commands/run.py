@@ -98,6 +98,7 @@ def run_command(
     retry_errors: Annotated[bool, typer.Option("--retry-errors", help="Rerun rows that failed at execution.")] = False,
     fail_fast: Annotated[bool, typer.Option("--fail-fast", help="Stop at the first failed batch.")] = False,
     sample_interval: Annotated[float, typer.Option("--sample-interval", help="Seconds between utilisation samples.")] = 1.0,
+    threads: Annotated[int | None, typer.Option("--threads", help="CPU threads for generation (default: the idle cores, or OMP_NUM_THREADS).")] = None,
     no_history: Annotated[bool, typer.Option("--no-history", help="Do not record this run in the history database.")] = False,
     json_: Annotated[bool, typer.Option("--json", help="Print the report as JSON on stdout.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
@@ -113,7 +114,7 @@ def run_command(
         predictor=predictor, max_batch_size=max_batch_size, dtype=dtype, cluster=cluster,
         on_miss=on_miss, raw_prompt=raw_prompt, trust_remote_code=trust_remote_code,
         resume=resume, force=force, retry_errors=retry_errors, fail_fast=fail_fast,
-        sample_interval_s=sample_interval, record_history=not no_history,
+        sample_interval_s=sample_interval, record_history=not no_history, threads=threads,
     )
     observer = ProgressObserver(quiet=quiet or json_)
     try:

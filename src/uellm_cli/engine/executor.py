@@ -141,7 +141,7 @@ class Executor:
                 results.append(self._error(m, replica, planned, start, "engine_error", _short(exc)))
             return 0, max(len(m.prompt_ids) for m in members), "error"
         end = self.clock()
-        for m, g in zip(members, out.generated):
+        for m, g in zip(members, out.generated, strict=False):
             deadline = m.row.deadline_s
             results.append(RowResult(
                 index=m.row.index, id=m.row.id, status="ok", output_text=g.text,

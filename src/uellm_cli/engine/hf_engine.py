@@ -121,7 +121,7 @@ class HFEngine:
             out = model.generate(**kwargs)
         gen = out[:, width:].tolist()
         return BatchOutput(
-            generated=[self._decode(ids[:cap], sampling) for ids, cap in zip(gen, max_new_tokens)],
+            generated=[self._decode(ids[:cap], sampling) for ids, cap in zip(gen, max_new_tokens, strict=False)],
             steps=len(gen[0]) if gen else 0,
             prompt_width=width,
         )

@@ -228,12 +228,30 @@ def load_config(resolved: ResolvedModel, *, trust_remote_code: bool = False):
     return AutoConfig.from_pretrained(resolved.path, trust_remote_code=trust_remote_code)
 
 
+def choose_cpu_threads(requested: int | None = None) -> int:
+    """Threads for CPU matmuls. torch spins on every core it is given, so on a shared machine
+    extra threads fight the other processes and a step can run 5-10x slower. We use the cores
+    the 1-minute load average says are idle, unless the user (or OMP_NUM_THREADS) says."""
+    cores = os.cpu_count() or 1
+    if requested:
+        return max(1, requested)
+    env = os.environ.get("OMP_NUM_THREADS", "")
+    if env.isdigit() and int(env) > 0:
+        return int(env)
+    try:
+        busy = int(os.getloadavg()[0])
+    except OSError:
+        busy = 0
+    return max(1, min(cores, cores - busy))
+
+
 def load_model(
     resolved: ResolvedModel,
     *,
     device_map: dict[str, str] | str | None = None,
     dtype: str | None = None,
     trust_remote_code: bool = False,
+    threads: int | None = None,
 ):
     """Load weights (the only slow step). On the CPU float32 is the default: bf16/fp16 matmuls
     are slower than fp32 on most CPUs."""
@@ -241,6 +259,7 @@ def load_model(
     from transformers import AutoModelForCausalLM
 
     quiet_transformers()
+    torch.set_num_threads(choose_cpu_threads(threads))
     kwargs: dict = {"trust_remote_code": trust_remote_code}
     kwargs["dtype"] = getattr(torch, dtype) if dtype else torch.float32
     if device_map is not None and device_map != {"": "cpu"}:

@@ -26,7 +26,8 @@ from uellm_cli.errors import ConfigError
 from uellm_cli.paths import home_dir
 from uellm_cli.profile.calibration import Calibration
 
-DEFAULT_BATCH_SIZES = (1, 2, 4, 8, 16)
+# up to the scheduler's default batch cap (64), so the fit is not stretched past what it saw
+DEFAULT_BATCH_SIZES = (1, 2, 4, 8, 16, 32, 64)
 DEFAULT_CONTEXTS = (32, 128, 512)
 DEFAULT_REPEATS = 2
 DEFAULT_MAX_PREFILL_TOKENS = 512
@@ -56,6 +57,10 @@ def calibrate(
         raise ConfigError("calibration needs repeats >= 1 and at least one batch size and context")
     import torch
 
+    from uellm_cli.engine.models import choose_cpu_threads
+
+    if device == "cpu":  # the same thread choice as `uellm run`, so the numbers transfer
+        torch.set_num_threads(choose_cpu_threads())
     model = _load(model_dir, device, dtype)
     cfg = model.config
     prefill_grid = [(b, L) for L in contexts for b in batch_sizes if b * L <= max_prefill_tokens]
