@@ -7,6 +7,7 @@ progress goes to a `RunObserver` the command supplies.
 from __future__ import annotations
 
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -94,7 +95,8 @@ def run_job(cfg: RunConfig, *, observer: RunObserver | None = None,
         "chat_template": _template_hash(tokenizer, cfg.raw_prompt),
     }
     fp = fingerprint(job.file_sha256, options)
-    with RunLock(cfg.out) as lock:
+    stop = threading.Event()  # set by SIGINT/SIGTERM: no new batch starts
+    with _interrupt_guard(stop), RunLock(cfg.out) as lock:
         if lock.took_over_stale:
             obs.stage(f"took over a stale lock in {cfg.out} (its process is gone)")
         state = prepare_out_dir(cfg.out, fp, resume=cfg.resume, force=cfg.force,
@@ -111,10 +113,10 @@ def run_job(cfg: RunConfig, *, observer: RunObserver | None = None,
         manifest.versions = _versions()
         manifest.start_attempt()
         manifest.set_counts(state.done)
-        manifest.save(cfg.out)
-        try:
+        try:  # from the first save on: a signal arriving right after it must still be recorded
+            manifest.save(cfg.out)
             return _run_locked(cfg, job, resolved, model_profile, encoder, prepared, rejected,
-                               state, manifest, obs, clock)
+                               state, manifest, obs, clock, stop)
         except BaseException as exc:
             if manifest.state == "running":
                 manifest.finish("interrupted" if isinstance(exc, KeyboardInterrupt) else "failed")
@@ -123,7 +125,7 @@ def run_job(cfg: RunConfig, *, observer: RunObserver | None = None,
 
 
 def _run_locked(cfg, job, resolved, model_profile, encoder, prepared, rejected, state,
-                manifest, obs, clock) -> RunOutcome:
+                manifest, obs, clock, stop: threading.Event) -> RunOutcome:
     from uellm_cli.jobs.writers import ResultLog
 
     todo = {i: p for i, p in prepared.items() if i not in state.skip}
@@ -132,21 +134,23 @@ def _run_locked(cfg, job, resolved, model_profile, encoder, prepared, rejected, 
         todo[i].predicted_tokens = q.predicted_tokens
 
     obs.stage("planning")
-    plan = _make_plan(cfg, model_profile, list(queries.values()), clock())
+    plan, cluster, calibrations = _make_plan(cfg, model_profile, list(queries.values()), clock())
     skipped_rows = _apply_on_miss(cfg, plan, todo)
 
+    if stop.is_set():  # an interrupt swallowed by a finalizer: do not load the model for nothing
+        raise KeyboardInterrupt
     obs.stage(f"loading {resolved.name}")
     load_start = clock()
     engines = _load_engines(cfg, resolved, encoder, plan)
     model_load_s = clock() - load_start
 
-    stop = threading.Event()
     executor = Executor(engines, clock=clock, stop=stop, fail_fast=cfg.fail_fast)
     batches: list[BatchRecord] = []
     new_results: list[RowResult] = []
     done: dict[int, dict] = dict(state.done)
     log = ResultLog(cfg.out)
     tracker = _RiskTracker(plan, set(todo))
+    replanner = _Replanner(cfg, plan, queries, model_profile, cluster, calibrations, clock, tracker)
 
     def on_batch(results: list[RowResult], record: BatchRecord) -> None:
         log.append(results)
@@ -163,8 +167,11 @@ def _run_locked(cfg, job, resolved, model_profile, encoder, prepared, rejected, 
     obs.started(plan, job.n_input, len(state.skip))
     sampler = UtilisationSampler(interval_s=cfg.sample_interval_s, clock=clock)
     with _signals(stop, obs), sampler, log:
-        executor.run(plan, todo, on_batch)
+        executor.run(plan, todo, on_batch, replan=replanner)
     interrupted = stop.is_set() and any(i not in done for i in todo)
+    if replanner.replans:
+        plan.notes.append(f"rescheduled {replanner.replans} time(s) while running; batches ran "
+                          f"x{replanner.scale:.2f} the cost model's forecast")
 
     records = _final_records(job, rejected, done, skipped_rows)
     outcome = RunOutcome(exit_code=EXIT_OK, out_dir=cfg.out, rows_total=job.n_input)
@@ -255,17 +262,20 @@ def _row_text(row: Row) -> str:
     return "\n".join(str(m.get("content", "")) for m in row.messages or [])
 
 
-def _make_plan(cfg: RunConfig, model_profile, queries: list[Query], now_s: float) -> Plan:
+def _make_plan(cfg: RunConfig, model_profile, queries: list[Query], now_s: float):
+    """The plan, and the cluster and calibrations it was made with (replanning reuses them)."""
     from uellm_cli.plan.planner import make_plan
     from uellm_cli.profile.calibrate import load_calibrations
     from uellm_cli.profile.hardware import resolve_cluster
 
     cluster = resolve_cluster(cfg.cluster)
-    return make_plan(
-        queries, model_profile, cluster, policy=cfg.policy,
-        calibrations=load_calibrations("hf", model=model_profile.name), start_offset_s=now_s + _expected_load_s(model_profile),
+    calibrations = load_calibrations("hf", model=model_profile.name)
+    plan = make_plan(
+        queries, model_profile, cluster, policy=cfg.policy, calibrations=calibrations,
+        start_offset_s=now_s + _expected_load_s(model_profile),
         max_batch_size=cfg.max_batch_size, on_miss=cfg.on_miss,
     )
+    return plan, cluster, calibrations
 
 
 def _expected_load_s(model_profile) -> float:
@@ -305,6 +315,65 @@ def _load_engines(cfg: RunConfig, resolved, encoder, plan: Plan) -> dict:
                            trust_remote_code=cfg.trust_remote_code, threads=cfg.threads)
         engines[replica.index] = HFEngine(encoder.tokenizer, model, raw_prompt=cfg.raw_prompt)
     return engines
+
+
+class _Replanner:
+    """Keeps the schedule honest while it runs. After each batch it compares the batch's real
+    duration with the cost model's (the median ratio of the last few batches is the speed
+    factor); when the factor moves by more than 10%, or the run is off the plan's clock, the
+    pending rows are rescheduled with it. Planning time is kept under 5% of the run."""
+
+    WINDOW = 5
+    TOLERANCE = 0.10
+    MAX_PLANNING_SHARE = 0.05
+
+    def __init__(self, cfg, plan: Plan, queries: dict[int, Query], model_profile, cluster,
+                 calibrations, clock, tracker: _RiskTracker):
+        self.cfg, self.plan, self.queries = cfg, plan, queries
+        self.model_profile, self.cluster, self.calibrations = model_profile, cluster, calibrations
+        self.clock, self.tracker = clock, tracker
+        self.scale = 1.0
+        self.ratios: list[float] = []
+        self.next_batch = max((b.batch for b in plan.batches), default=-1) + 1
+        self.planning_s = 0.0
+        self.replans = 0
+
+    def __call__(self, pending: set[int], record: BatchRecord) -> Plan | None:
+        from uellm_cli.plan.planner import reschedule
+
+        forecast = (record.forecast_finish_s or 0.0) - (record.forecast_start_s or 0.0)
+        actual = record.finished_s - record.started_s
+        if record.status != "ok" or forecast <= 0 or actual <= 0:
+            return None
+        self.ratios = (self.ratios + [actual * self.scale / forecast])[-self.WINDOW:]
+        factor = sorted(self.ratios)[len(self.ratios) // 2]
+        now = self.clock()
+        nxt = min((b.start_s for b in self.plan.batches if any(i in pending for i in b.rows)),
+                  default=now)
+        off_clock = abs(now - nxt) > max(1.0, self.TOLERANCE * now)
+        if abs(factor / self.scale - 1.0) <= self.TOLERANCE and not off_clock:
+            return None
+        if self.planning_s > self.MAX_PLANNING_SHARE * now:
+            return None
+        t = time.perf_counter()
+        plan = reschedule([self.queries[i] for i in sorted(pending)], self.plan,
+                          self.model_profile, self.cluster, calibrations=self.calibrations,
+                          time_scale=factor, start_s=now, max_batch_size=self.cfg.max_batch_size)
+        self.planning_s += time.perf_counter() - t
+        self._renumber(plan)
+        self.scale, self.plan = factor, plan
+        self.tracker.plan = plan
+        self.replans += 1
+        return plan
+
+    def _renumber(self, plan: Plan) -> None:
+        """Batch numbers stay unique across replans (results and the Gantt chart use them)."""
+        from dataclasses import replace
+
+        base = self.next_batch
+        plan.batches = [replace(b, batch=b.batch + base) for b in plan.batches]
+        plan.forecast = {i: replace(f, batch=f.batch + base) for i, f in plan.forecast.items()}
+        self.next_batch = max((b.batch for b in plan.batches), default=base - 1) + 1
 
 
 class _RiskTracker:
@@ -427,6 +496,40 @@ def _versions() -> dict:
         except md.PackageNotFoundError:
             out[pkg] = None
     return out
+
+
+@contextmanager
+def _interrupt_guard(stop: threading.Event):
+    """While the lock is held, SIGINT and SIGTERM stop the run as Ctrl-C does (before batches
+    start, e.g. while loading): KeyboardInterrupt, so the manifest says interrupted, the lock
+    is removed and the exit status is 130. (SIGTERM's default would kill the process with the
+    manifest still "running".) The stop flag is set too: Python swallows a KeyboardInterrupt
+    raised inside a finalizer (__del__, e.g. during an import), and the flag then still stops
+    the run before its next batch; such a swallowed interrupt is not printed as a traceback."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    previous_hook = sys.unraisablehook
+
+    def handler(signum, frame):
+        stop.set()
+        raise KeyboardInterrupt
+
+    def unraisable(args) -> None:
+        if args.exc_type is not None and issubclass(args.exc_type, KeyboardInterrupt):
+            return  # recorded in `stop`
+        previous_hook(args)
+
+    for s in previous:
+        signal.signal(s, handler)
+    sys.unraisablehook = unraisable
+    try:
+        yield
+    finally:
+        sys.unraisablehook = previous_hook
+        for s, h in previous.items():
+            signal.signal(s, h)
 
 
 @contextmanager

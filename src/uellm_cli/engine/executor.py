@@ -35,6 +35,9 @@ class Engine:  # documentation of the protocol the executor needs (HFEngine impl
 
 
 BatchCallback = Callable[[list[RowResult], BatchRecord], None]
+# Given the rows still pending and the batch that just ended, a new plan for them (or None to
+# keep the current one).
+Replanner = Callable[[set[int], BatchRecord], "Plan | None"]
 
 
 class Executor:
@@ -55,8 +58,15 @@ class Executor:
         self._lock = threading.Lock()
         self._failure: BaseException | None = None
 
-    def run(self, plan: Plan, rows: dict[int, PreparedRow], on_batch: BatchCallback) -> None:
-        """Run every batch whose rows are in `rows`, each replica's batches in plan order."""
+    def run(self, plan: Plan, rows: dict[int, PreparedRow], on_batch: BatchCallback,
+            replan: Replanner | None = None) -> None:
+        """Run every batch whose rows are in `rows`, each replica's batches in plan order.
+
+        With one replica and a `replan` callback, the plan is revised after every batch (the
+        measured speed feeds the next decisions); several replicas follow the plan as made."""
+        if replan is not None and len(plan.deployment.replicas) == 1:
+            self._run_adaptive(plan, rows, on_batch, replan)
+            return
         per_replica: dict[int, list[PlannedBatch]] = {}
         for b in sorted(plan.batches, key=lambda b: (b.start_s, b.batch)):
             members = [i for i in b.rows if i in rows]
@@ -79,6 +89,20 @@ class Executor:
                 t.join()
         if self._failure is not None:
             raise self._failure
+
+    def _run_adaptive(self, plan: Plan, rows, on_batch, replan: Replanner) -> None:
+        replica = plan.deployment.replicas[0].index
+        engine = self.engines[replica]
+        pending = {i for b in plan.batches for i in b.rows if i in rows}
+        while pending and not self.stop.is_set():
+            planned = min((b for b in plan.batches if any(i in pending for i in b.rows)),
+                          key=lambda b: (b.start_s, b.batch))
+            members = [rows[i] for i in planned.rows if i in pending]
+            results, record = self._run_batch(engine, replica, planned, members)
+            on_batch(results, record)
+            pending.difference_update(m.row.index for m in members)
+            if pending and not self.stop.is_set():
+                plan = replan(pending, record) or plan
 
     def _run_replica(self, replica: int, batches: list[PlannedBatch], rows, on_batch) -> None:
         engine = self.engines[replica]

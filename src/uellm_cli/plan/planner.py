@@ -138,6 +138,29 @@ def make_plan(
     )
 
 
+def reschedule(
+    queries: list[Query],
+    plan: Plan,
+    model: ModelProfile,
+    cluster: Cluster,
+    *,
+    calibrations: dict[str, Calibration] | None = None,
+    time_scale: float = 1.0,
+    start_s: float = 0.0,
+    max_batch_size: int | None = None,
+    policy_params: dict | None = None,
+) -> Plan:
+    """Schedule the rows still to run on the deployment already loaded, with every time scaled
+    by what the batches so far measured (`time_scale` = actual / forecast). The deployment is
+    not reconsidered: the weights are in place."""
+    cost = CostModel(model, cluster, calibrations, time_scale=time_scale)
+    batches = schedule(queries, plan.deployment.replicas, cost, policy=plan.policy, start_s=start_s,
+                       max_batch_size=max_batch_size, params=policy_params)
+    forecast = forecast_rows(batches, {q.index: q.deadline_s for q in queries})
+    return Plan(policy=plan.policy, deployment=plan.deployment, batches=batches, forecast=forecast,
+                start_offset_s=start_s, notes=[f"rescheduled at {start_s:.1f}s, time x{time_scale:.2f}"])
+
+
 def helr_candidates(queries: Sequence[Query], model: ModelProfile, cluster: Cluster, cost: CostModel, *,
                     objective: str = "helr", batch_cap: int = 64) -> list[Deployment]:
     """HELR deployments for the objective's placement rule(s), every replica count and KV reserve

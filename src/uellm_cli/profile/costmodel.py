@@ -105,7 +105,11 @@ class CostModel:
         cluster: Cluster,
         calibrations: dict[str, Calibration] | None = None,
         params: RooflineParams | None = None,
+        time_scale: float = 1.0,
     ):
+        """time_scale multiplies every time: the executor measures how much slower (or faster)
+        the real batches run than forecast and replans with that factor."""
+        self.time_scale = time_scale
         self.model = model
         self.cluster = cluster
         self.calibrations = dict(calibrations or {})
@@ -191,7 +195,7 @@ class CostModel:
     def prefill_s(self, replica: Replica, batch: int, prompt_tokens: int) -> float:
         """The prefill forward of `batch` rows left-padded to `prompt_tokens`."""
         stages, hops = self._stages(replica)
-        return self._prefill(stages, hops, batch, prompt_tokens)
+        return self._prefill(stages, hops, batch, prompt_tokens) * self.time_scale
 
     def _prefill(self, stages, hops, b: int, n: int) -> float:
         p = self.params
@@ -215,7 +219,7 @@ class CostModel:
     def decode_step_s(self, replica: Replica, batch: int, context: int) -> float:
         """One decode step of `batch` rows attending to `context` tokens each."""
         stages, hops = self._stages(replica)
-        return self._decode_sum(stages, hops, batch, context, context)
+        return self._decode_sum(stages, hops, batch, context, context) * self.time_scale
 
     def _decode_sum(self, stages, hops, b: int, c0: int, c1: int) -> float:
         """Sum of decode steps over contexts c0..c1 (inclusive), closed form."""
@@ -256,7 +260,14 @@ class CostModel:
                tuple((self.cluster.link(a, z).latency, self.cluster.link(a, z).bandwidth) for a, z in hops))
         fn = self._timers.get(key)
         if fn is None:
-            fn = self._timers[key] = self._compile(stages, hops)
+            fn = self._compile(stages, hops)
+            if self.time_scale != 1.0:
+                raw, k = fn, self.time_scale
+
+                def fn(b: int, n: int, m: int) -> float:
+                    return raw(b, n, m) * k
+
+            self._timers[key] = fn
         return fn
 
     def _compile(self, stages: list[_StageCoef], hops: list[tuple[str, str]]) -> Callable[[int, int, int], float]:

