@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 from uellm_cli.commands.lengths import register_lengths
 from uellm_cli.errors import ConfigError, InputError
 from uellm_cli.profile import length_features as lf
+from uellm_cli.profile import length_fit as LF
 from uellm_cli.profile import lengths as L
 from uellm_cli.profile.length_fit import km_quantile
 from uellm_cli.profile.length_io import read_length_records
@@ -159,11 +160,11 @@ def test_censored_rows_do_not_drag_long_answers_down():
     # Natural length of essays ~ 400 but the budget is 128: every essay row is cut.
     recs = synthetic(300, seed=3, cap=128)
     assert sum(r["finish_reason"] == "length" for r in recs) > 50
-    pred = L.train_history(recs, model_name="cens", hash_dim=128, l2=1.0)
+    pred = L.train_history(recs, model_name="cens", hash_dim=128, l2=1.0, method="linear")
     mu = pred.model.log_tokens([L.LengthQuery("Tell me about bread as a long essay", 12, 4096)])
     assert math.exp(mu[0]) > 250  # the uncensored estimate recovers a length above the cap
     naive = [dict(r, finish_reason="stop", max_new_tokens=10_000) for r in recs]
-    p2 = L.train_history(naive, model_name="naive", hash_dim=128, l2=1.0)
+    p2 = L.train_history(naive, model_name="naive", hash_dim=128, l2=1.0, method="linear")
     mu2 = p2.model.log_tokens([L.LengthQuery("Tell me about bread as a long essay", 12, 4096)])
     assert mu2[0] < mu[0]
     # At the same cap, predictions stay within it.
@@ -218,7 +219,9 @@ def test_predictor_path_is_safe_for_hub_ids():
 def test_shipped_fitted_predictor_is_for_the_default_model():
     fitted = L.load_fitted()
     assert L.is_default_model(fitted.model_name)
-    assert fitted.n_train > 100 and fitted.model.hash_dim > 0
+    assert fitted.n_train > 100 and fitted.method == "two-part"
+    assert isinstance(fitted.model, LF.TwoPartLengthModel)
+    assert fitted.n_censored > fitted.n_train / 2  # SmolLM2 loops on most dev prompts
     assert L.is_default_model("HuggingFaceTB/SmolLM2-135M-Instruct")
     assert not L.is_default_model("meta-llama/Llama-2-7b-hf")
 
@@ -410,3 +413,97 @@ def test_store_messages_are_joined_like_the_runner_does():
     assert _store_text('[{"role": "user", "content": "hi"}, {"role": "user", "content": "yo"}]') == "hi\nyo"
     assert _store_text("[not json]") == "[not json]"
     assert _store_text("plain") == "plain"
+
+
+# ---- two-part model ------------------------------------------------------------------------
+
+
+def looping(n: int, seed: int, cap: int = 256) -> list[dict]:
+    """Prompts that say "again" loop (run to the budget) 90% of the time; others stop near a
+    length set by their kind."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        kind = list(KINDS)[int(rng.integers(len(KINDS)))]
+        again = bool(rng.random() < 0.5)
+        loops = rng.random() < (0.9 if again else 0.1)
+        natural = 10**6 if loops else max(1, int(round(min(KINDS[kind], 200) * math.exp(rng.normal(0, 0.2)))))
+        out.append({
+            "id": f"l{seed}-{i}", "prompt": f"Tell me about {TOPICS[i % len(TOPICS)]} {kind}"
+            + (" again and again" if again else ""), "prompt_tokens": 12,
+            "output_tokens": min(natural, cap), "max_new_tokens": cap,
+            "finish_reason": "length" if natural >= cap else "stop",
+        })
+    return out
+
+
+def test_mixture_quantile_is_the_stop_quantile_or_the_budget():
+    sd = 0.5
+    p = np.array([0.0, 0.2, 0.6])
+    m = np.log(np.array([50.0, 50.0, 50.0]))
+    caps = np.full(3, 1000.0)
+    out = LF.mixture_tokens(p, m, sd, 0.5, caps)
+    assert out[0] == pytest.approx(50.0, rel=1e-3)  # no loop: the log-normal median
+    # 20% loops: the overall median is the stopped rows' 0.5/0.8 quantile
+    assert out[1] == pytest.approx(50.0 * math.exp(sd * 0.3186), rel=1e-3)
+    assert out[2] == 1000.0  # more than half loop: the budget
+    # the tie-break orders rows expected to loop by their loop probability, a few tokens below
+    tb = LF.mixture_tokens(np.array([0.6, 0.9]), m[:2], sd, 0.5, caps[:2], tie_break=0.05)
+    assert 950.0 <= tb[0] < tb[1] < 1000.0
+
+
+def test_quantile_at_a_smaller_budget_is_the_capped_quantile():
+    p, m = np.array([0.1, 0.3, 0.45]), np.log(np.array([40.0, 120.0, 300.0]))
+    big = LF.mixture_tokens(p, m, 0.6, 0.4, np.full(3, 4096.0))
+    small = LF.mixture_tokens(p, m, 0.6, 0.4, np.full(3, 100.0))
+    assert np.allclose(small, np.minimum(big, 100.0))
+
+
+def test_woodbury_logistic_matches_the_direct_solve():
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(30, 50))
+    y = (a[:, 0] + rng.normal(size=30) > 0).astype(float)
+    pen = np.ones(50)
+    wide = LF._logistic(a, y, 3.0, pen)
+    # the same problem with more rows than columns (duplicated rows, doubled penalty) takes the
+    # primal path and must give the same weights
+    tall = LF._logistic(np.vstack([a, a]), np.concatenate([y, y]), 6.0, pen)
+    assert np.allclose(wide[1:], tall[1:], atol=1e-5)
+
+
+def test_two_part_learns_which_prompts_loop():
+    pred = L.train_history(looping(300, seed=20), model_name="loops", hash_dim=256)
+    assert pred.method == "two-part" and pred.config is not None
+    qs = [L.LengthQuery("Tell me about jazz as a short list again and again", 12, 256),
+          L.LengthQuery("Tell me about jazz as a short list", 12, 256)]
+    p, _ = pred.model.parts(qs)
+    assert p[0] > p[1] + 0.2  # shrunk by the strong penalties of the grid, but learned
+    a, b = pred.predict(qs)
+    assert a.tokens > 200 and b.tokens < 150 and b.upper <= 256
+    res = L.evaluate([L.CapPredictor(), pred], looping(200, seed=21))
+    assert res["history"]["mae"] < res["cap"]["mae"]
+    assert res["history"]["kendall_tau"] > 0.4
+
+
+def test_two_part_round_trip_and_old_linear_files_still_load(tmp_path):
+    pred = L.train_history(looping(120, seed=22), model_name="rt", hash_dim=64)
+    qs = [L.LengthQuery(r["prompt"], 12, 200) for r in looping(30, seed=23)]
+    path = L.save_predictor(pred)
+    back = L.load_predictor_file(path)
+    assert back.method == "two-part" and back.predict(qs) == pred.predict(qs)
+    lin = L.train_history(synthetic(60, seed=24), model_name="lin", hash_dim=32, method="linear")
+    back = L.load_predictor_file(L.save_predictor(lin))
+    assert back.method == "linear" and back.predict(qs) == lin.predict(qs)
+
+
+def test_unknown_training_method_is_a_config_error():
+    with pytest.raises(ConfigError):
+        L.train_history(synthetic(20, seed=25), model_name="x", method="forest")
+
+
+def test_cv_picks_from_the_given_grid_only():
+    cfg = LF.TwoPartConfig(False, 1.0, 1.0, 0.45, 0.0)
+    pred = L.train_history(looping(80, seed=26), model_name="g", hash_dim=64, grid=[cfg])
+    assert pred.config == {"hashed": False, "l2_hit": 1.0, "l2_len": 1.0,
+                           "point_quantile": 0.45, "tie_break": 0.0}
+    assert pred.model.hash_dim == 0 and pred.model.tie_break == 0.0

@@ -5,10 +5,11 @@ Predictors (all give a point estimate and an upper quantile, capped at max_new_t
 - `prompt`: fixed linear model of log(tokens) on prompt features (length, question words,
   requested format and length), fitted once on the natural answer lengths of the AlpacaEval dev
   prompts (reference models, see docs/lengths.md); no training per user.
-- `history`: the same features, the `prompt` estimate as a prior, and a hashed bag of
-  words/bigrams; ridge regression on log(output tokens) of past runs of the *served* model;
-  outputs cut at max_new_tokens are right-censored and handled by Tobit EM. Stored per model
-  under cache_dir()/predictors/.
+- `history`: trained on past runs of the *served* model. Default method "two-part": P(the row
+  runs to its budget) by logistic regression plus log(length | it stopped) by ridge, on the
+  `prompt` estimate and (when cross-validation keeps them) hashed words/bigrams; the point is a
+  quantile of that mixture. Method "linear": the older censored (Tobit EM) ridge regression of
+  log(tokens). Stored per model under cache_dir()/predictors/.
 - `fitted`: a `history` model shipped for the default model (smollm2-135m), trained on its own
   greedy outputs; `history` falls back to it for that model when the user has trained none.
 The linear model, PROMPT_MODEL and fitting live in length_fit.py; features and measures in
@@ -33,7 +34,10 @@ from uellm_cli.profile import length_features as lf
 from uellm_cli.profile.length_fit import (  # noqa: F401 - PROMPT_MODEL re-exported
     PROMPT_MODEL,
     LinearLengthModel,
+    TwoPartConfig,
+    TwoPartLengthModel,
     fit_linear,
+    fit_two_part,
     prompt_predict,
 )
 
@@ -92,10 +96,12 @@ class PromptPredictor:
 
 @dataclass(slots=True)
 class HistoryPredictor:
-    """A LinearLengthModel trained on one served model's past outputs, with its provenance."""
+    """A length model (two-part or linear) trained on one served model's past outputs, with its
+    provenance. cv_tau/cv_prompt_*: cross-validated Kendall tau of the model and the `prompt`
+    baseline's numbers on the same rows (two-part only)."""
 
     model_name: str
-    model: LinearLengthModel
+    model: LinearLengthModel | TwoPartLengthModel
     n_train: int
     n_censored: int
     l2: float
@@ -103,6 +109,11 @@ class HistoryPredictor:
     cv_mae: float | None = None
     source: str = ""
     name: str = "history"
+    method: str = "linear"
+    cv_tau: float | None = None
+    cv_prompt_mae: float | None = None
+    cv_prompt_tau: float | None = None
+    config: dict | None = None
 
     def predict(self, queries: list[LengthQuery]) -> list[LengthPrediction]:
         return [LengthPrediction(t, u) for t, u in self.model.predict(queries)]
@@ -112,6 +123,8 @@ class HistoryPredictor:
             "kind": "uellm-length-predictor", "version": 1, "model_name": self.model_name,
             "n_train": self.n_train, "n_censored": self.n_censored, "l2": self.l2,
             "quantile": self.quantile, "cv_mae": self.cv_mae, "source": self.source,
+            "method": self.method, "cv_tau": self.cv_tau, "cv_prompt_mae": self.cv_prompt_mae,
+            "cv_prompt_tau": self.cv_prompt_tau, "config": self.config,
             "model": self.model.to_dict(),
         }
 
@@ -119,38 +132,68 @@ class HistoryPredictor:
     def from_dict(cls, d: Mapping, *, name: str = "history") -> HistoryPredictor:
         if d.get("kind") != "uellm-length-predictor":
             raise ValueError("not a uellm length predictor")
+        two_part = d["model"].get("kind") == "two-part"
+        model = (TwoPartLengthModel.from_dict(d["model"]) if two_part
+                 else LinearLengthModel.from_dict(d["model"]))
         return cls(
-            model_name=str(d["model_name"]), model=LinearLengthModel.from_dict(d["model"]),
+            model_name=str(d["model_name"]), model=model,
             n_train=int(d["n_train"]), n_censored=int(d["n_censored"]), l2=float(d["l2"]),
             quantile=float(d["quantile"]), cv_mae=d.get("cv_mae"), source=str(d.get("source", "")),
-            name=name,
+            name=name, method="two-part" if two_part else "linear", cv_tau=d.get("cv_tau"),
+            cv_prompt_mae=d.get("cv_prompt_mae"), cv_prompt_tau=d.get("cv_prompt_tau"),
+            config=d.get("config"),
         )
 
 
 def train_history(
     records: Iterable[Mapping], *, model_name: str, hash_dim: int = 1024, quantile: float = 0.9,
-    l2: float | None = None, use_prior: bool = True, seed: int = 0,
+    l2: float | None = None, use_prior: bool = True, seed: int = 0, method: str = "two-part",
+    grid: Sequence[TwoPartConfig] | None = None,
 ) -> HistoryPredictor:
     """Fit a `history` predictor on finished rows of `model_name`.
 
     records: dicts with `prompt` (or `messages`/`text`), `output_tokens`, and when known
     `prompt_tokens`, `max_new_tokens`, `finish_reason`, `status` (see `clean_records`).
-    l2=None picks the ridge strength by cross-validation (MAE in tokens). use_prior: start from
-    the `prompt` estimate (a feature penalised 100x less than the others); see length_fit.py.
+    method "two-part" (default): P(cut at the budget) + length if it stops, configuration chosen
+    by repeated 5-fold CV among `grid` (default length_fit.TWO_PART_GRID) as the one that most
+    surely beats `prompt` on both Kendall tau and MAE; l2 (if given) fixes both penalties of the
+    hashed candidates. method "linear": censored ridge on log(tokens), l2=None picks the ridge
+    strength by CV (MAE). use_prior: start from the `prompt` estimate (a feature penalised 100x
+    less than the others); see length_fit.py.
     """
     rows = clean_records(records)
     if len(rows) < 10:
         raise InputError(f"need at least 10 finished rows with a prompt to train, got {len(rows)}")
     queries = [r.query for r in rows]
+    tokens = np.array([r.output_tokens for r in rows], dtype=np.float64)
+    censored = np.array([r.censored for r in rows])
+    n_cens = int(censored.sum())
+    if method == "two-part":
+        if l2 is not None and grid is None:
+            from uellm_cli.profile.length_fit import TWO_PART_GRID
+
+            grid = [TwoPartConfig(c.hashed, l2, l2, c.point_quantile, c.tie_break)
+                    if c.hashed else c for c in TWO_PART_GRID]
+        tp = fit_two_part(queries, tokens, censored, hash_dim=hash_dim, use_prior=use_prior,
+                          upper_quantile=quantile, grid=grid, seed=seed)
+        cfg = tp.config
+        return HistoryPredictor(
+            model_name=model_name, model=tp.model, n_train=len(rows), n_censored=n_cens,
+            l2=cfg.l2_hit if cfg.hashed else 0.0, quantile=quantile, cv_mae=tp.cv_mae,
+            method="two-part", cv_tau=tp.cv_tau, cv_prompt_mae=tp.cv_prompt_mae,
+            cv_prompt_tau=tp.cv_prompt_tau,
+            config={"hashed": cfg.hashed, "l2_hit": cfg.l2_hit, "l2_len": cfg.l2_len,
+                    "point_quantile": cfg.point_quantile, "tie_break": cfg.tie_break},
+        )
+    if method != "linear":
+        raise ConfigError(f"unknown length training method {method!r}; known: two-part, linear")
     fit = fit_linear(
-        queries, np.array([r.output_tokens for r in rows], dtype=np.float64),
-        np.array([r.censored for r in rows]), hash_dim=hash_dim, quantile=quantile, l2=l2,
+        queries, tokens, censored, hash_dim=hash_dim, quantile=quantile, l2=l2,
         use_prior=use_prior, seed=seed,
     )
     return HistoryPredictor(
-        model_name=model_name, model=fit.model, n_train=len(rows),
-        n_censored=int(sum(r.censored for r in rows)), l2=fit.l2, quantile=quantile,
-        cv_mae=fit.cv_mae,
+        model_name=model_name, model=fit.model, n_train=len(rows), n_censored=n_cens,
+        l2=fit.l2, quantile=quantile, cv_mae=fit.cv_mae, method="linear",
     )
 
 
