@@ -2,7 +2,7 @@
 
 Exit statuses (a documented contract, see README):
   0  every row ok
-  1  the run failed while running (model does not fit, crash, interrupted)
+  1  the run failed while running (model does not fit, crash)
   2  usage error, or an input file refused before any work
   3  finished, but some rows were rejected, errored or missed their deadline
   130 interrupted by SIGINT/SIGTERM after writing what was done (resume with --resume)
