@@ -1,0 +1,68 @@
+"""The cost model refitted from executed batches reproduces what those batches took."""
+
+from __future__ import annotations
+
+import random
+
+from uellm_cli.engine.results import BatchRecord
+from uellm_cli.profile.calibrate import load_calibrations
+from uellm_cli.profile.calibration import Calibration
+from uellm_cli.profile.run_calibration import features, observations_path, record_batches
+
+TRUE = Calibration("cpu-x", "hf", "m", prefill=(0.05, 2e-4, 1e-8), decode=(0.02, 0.004, 1e-6))
+
+
+def _seconds(rows: int, width: int, steps: int) -> float:
+    f = features(rows, width, steps)
+    coef = TRUE.prefill + TRUE.decode
+    return sum(a * c for a, c in zip(f, coef, strict=True))
+
+
+def _batches(n: int, seed: int = 0) -> list[BatchRecord]:
+    rng = random.Random(seed)
+    out, t = [], 0.0
+    for k in range(n):
+        rows, width, steps = rng.choice([1, 2, 4, 8, 16, 32]), rng.randint(16, 300), rng.randint(4, 128)
+        dur = _seconds(rows, width, steps)
+        out.append(BatchRecord(k, 0, list(range(rows)), t, t + dur, steps, width, rows * steps))
+        t += dur
+    return out
+
+
+def test_features_match_the_calibration_form():
+    # one prefill plus steps-1 decode steps at contexts L+1 .. L+steps-1
+    rows, width, steps = 4, 10, 5
+    expect = TRUE.prefill_s(rows, width) + sum(TRUE.decode_s(rows, c) for c in range(11, 15))
+    assert abs(_seconds(rows, width, steps) - expect) < 1e-12
+
+
+def test_refit_from_batches_predicts_their_times():
+    batches = _batches(40)
+    cal = record_batches(batches, engine="hf", device_name="cpu-x", model="m")
+    assert cal is not None and cal.fit_error["source"] == "runs"
+    for b in _batches(10, seed=1):  # unseen batches
+        got = cal.prefill_s(len(b.rows), b.prompt_width) + sum(
+            cal.decode_s(len(b.rows), b.prompt_width + k) for k in range(1, b.steps))
+        want = b.finished_s - b.started_s
+        assert abs(got - want) / want < 0.02
+    # the newest calibration for the device is the run-fitted one
+    assert load_calibrations("hf", model="m")["cpu-x"].fit_error["source"] == "runs"
+
+
+def test_too_few_or_failed_batches_do_not_fit():
+    few = _batches(3)
+    assert record_batches(few, engine="hf", device_name="cpu-y", model="m") is None
+    failed = [BatchRecord(k, 0, [0, 1], 0.0, 1.0, 8, 10, 0, status="error") for k in range(20)]
+    assert record_batches(failed, engine="hf", device_name="cpu-z", model="m") is None
+
+
+def test_a_torn_line_is_skipped():
+    batches = _batches(10)
+    record_batches(batches[:5], engine="hf", device_name="cpu-t", model="m")
+    path = observations_path("hf", "cpu-t", "m")
+    with path.open("a") as f:
+        f.write('{"rows": 3, "prompt_wi')  # killed mid-write
+    with path.open("a") as f:
+        f.write("\n")
+    cal = record_batches(batches[5:], engine="hf", device_name="cpu-t", model="m")
+    assert cal is not None and cal.samples == 10
