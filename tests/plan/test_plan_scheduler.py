@@ -47,12 +47,24 @@ def test_slo_odbs_growth_stops_when_a_member_would_miss():
     assert t1 < t2 < t3
     tight = (t2 + t3) / 2  # a batch of 2 meets it, a batch of 3 does not
     qs = [query(0, deadline=tight)] + [query(i, deadline=None) for i in range(1, 10)]
-    batches = schedule(qs, [replica()], COST)
+    batches = schedule(qs, [replica()], COST, params={"safety": 0.0})
     first = min(batches, key=lambda b: b.start_s)
     assert first.rows[0] == 0 and len(first.rows) == 2
     assert first.finish_s <= tight
     loose = schedule([query(0, deadline=1e9)] + qs[1:], [replica()], COST)
     assert len(min(loose, key=lambda b: b.start_s).rows) == 10
+
+
+def test_slo_odbs_keeps_a_safety_margin_before_deadlines():
+    t2 = COST.batch_time_s(replica(), 2, 100, 100)
+    t3 = COST.batch_time_s(replica(), 3, 100, 100)
+    deadline = (t2 + t3) / 2  # a batch of 2 meets it, but with less than a 10% margin
+    assert t2 < deadline < t2 * 1.1
+    qs = [query(0, deadline=deadline)] + [query(i, deadline=None) for i in range(1, 10)]
+    plain = min(schedule(qs, [replica()], COST, params={"safety": 0.0}), key=lambda b: b.start_s)
+    safe = min(schedule(qs, [replica()], COST), key=lambda b: b.start_s)
+    assert len(plain.rows) == 2
+    assert safe.rows == [0] and safe.finish_s <= deadline
 
 
 def test_a_row_that_cannot_make_it_does_not_delay_those_that_can():
