@@ -53,6 +53,15 @@ def _register_all() -> None:
 _register_all()
 
 
+def _ignore_signals_while_exiting() -> None:
+    """After an interrupt everything is on disk; one more Ctrl-C during interpreter shutdown
+    (torch's atexit hooks) would only print a traceback, so shutdown ignores it."""
+    import signal
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)
+
+
 def main() -> None:
     """Entry point: one red line (and exit status) per known error; tracebacks only for bugs,
     and those only under UELLM_DEBUG=1 (otherwise one line pointing at it)."""
@@ -62,6 +71,8 @@ def main() -> None:
     try:
         # standalone_mode=False: click returns typer.Exit's code instead of exiting
         code = app(standalone_mode=False)
+        if code == EXIT_INTERRUPTED:
+            _ignore_signals_while_exiting()
         sys.exit(code if isinstance(code, int) else 0)
     except UellmError as exc:
         fail(str(exc), exc.hint)
@@ -69,6 +80,7 @@ def main() -> None:
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
+        _ignore_signals_while_exiting()
         fail("interrupted", "rerun the same command (or add --resume) to continue")
         sys.exit(EXIT_INTERRUPTED)
     except Exception as exc:  # click usage errors carry their own exit code

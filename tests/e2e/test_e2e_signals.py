@@ -109,7 +109,11 @@ def test_signal_before_the_first_batch(tmp_path, tiny_llama, ref):
         p.signal(sig)
     for p in procs.values():
         code = p.wait()
-        assert _assert_interrupted_cleanly(p.out, code, p.stderr()) == []
+        # the signal lands while loading or, on a fast machine, during the first batch, which
+        # is then finished and written: never more than that one batch
+        recs = _assert_interrupted_cleanly(p.out, code, p.stderr())
+        assert len(recs) <= BATCH
+        assert all(r["output_text"] == ref.rows[r["index"]]["output_text"] for r in recs)
 
 
 def test_two_quick_sigints(tmp_path, tiny_llama, ref):
