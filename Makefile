@@ -29,6 +29,9 @@ demo: model
 test: setup
 	OMP_NUM_THREADS=1 $(PY) -m pytest
 
+bench: setup
+	$(PY) bench/run.py --smoke
+
 lint: setup
 	$(VENV)/bin/ruff check src tests bench
 

@@ -12,6 +12,12 @@ OUTPUT_FORMATS = ("parquet", "jsonl", "openai")
 INPUT_FORMATS = ("jsonl", "parquet", "csv", "openai")
 ON_MISS = ("run", "skip")
 DTYPES = ("float32", "bfloat16", "float16")
+ENGINES = ("hf", "vllm")  # engine/base.py ENGINE_NAMES
+
+
+# Options added after the first release: at these values they behave as before the option
+# existed, so they stay out of the fingerprint and a run killed before an upgrade still resumes.
+LATER_OPTIONS_DEFAULTS = {"engine": "hf"}
 
 
 @dataclass(slots=True, frozen=True)
@@ -38,6 +44,7 @@ class RunConfig:
     sample_interval_s: float = 1.0
     record_history: bool = True
     threads: int | None = None
+    engine: str = "hf"
 
     def __post_init__(self) -> None:
         if self.policy not in POLICIES:
@@ -64,6 +71,8 @@ class RunConfig:
             raise ConfigError("--sample-interval must be > 0 seconds")
         if self.threads is not None and self.threads < 1:
             raise ConfigError(f"--threads must be >= 1, got {self.threads}")
+        if self.engine not in ENGINES:
+            raise ConfigError(f"--engine {self.engine!r}: choose one of {', '.join(ENGINES)}")
         if self.resume and self.force:
             raise ConfigError("--resume and --force contradict each other: pick one")
 
@@ -75,4 +84,7 @@ class RunConfig:
         for k in ("job", "out", "resume", "force", "retry_errors", "fail_fast",
                   "sample_interval_s", "record_history", "cluster", "output_format", "threads"):
             d.pop(k)
+        for k, default in LATER_OPTIONS_DEFAULTS.items():
+            if d.get(k) == default:
+                d.pop(k)
         return d
