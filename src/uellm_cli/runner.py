@@ -6,6 +6,7 @@ progress goes to a `RunObserver` the command supplies.
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import sys
 import threading
@@ -61,6 +62,10 @@ def run_job(cfg: RunConfig, *, observer: RunObserver | None = None,
     from uellm_cli.jobs.readers import read_job
 
     obs = observer or RunObserver()
+    if cfg.engine == "vllm":  # a missing extra fails before any work
+        from uellm_cli.engine.vllm_engine import require_vllm
+
+        require_vllm()
     t0 = clock_origin if clock_origin is not None else time.perf_counter()
 
     def clock() -> float:
@@ -120,6 +125,13 @@ def run_job(cfg: RunConfig, *, observer: RunObserver | None = None,
         except BaseException as exc:
             if manifest.state == "running":
                 manifest.finish("interrupted" if isinstance(exc, KeyboardInterrupt) else "failed")
+            # Save also when the state was already set: the exception (a second Ctrl-C) may
+            # have cut short the save that should have written it. Counts come from the log,
+            # which may hold a batch the manifest had not counted yet.
+            with contextlib.suppress(OSError):
+                from uellm_cli.jobs.writers import read_log
+
+                manifest.set_counts(read_log(cfg.out).records)
                 manifest.save(cfg.out)
             raise
 
@@ -141,7 +153,13 @@ def _run_locked(cfg, job, resolved, model_profile, encoder, prepared, rejected, 
         raise KeyboardInterrupt
     obs.stage(f"loading {resolved.name}")
     load_start = clock()
-    engines = _load_engines(cfg, resolved, encoder, plan)
+    if cfg.engine == "vllm":  # one vLLM instance per replica (CPU replicas share one)
+        from uellm_cli.engine.vllm_engine import load_deployment
+
+        engines = load_deployment(cfg, resolved, encoder, plan, rows=todo,
+                                  model_profile=model_profile)
+    else:
+        engines = _load_engines(cfg, resolved, encoder, plan)
     model_load_s = clock() - load_start
 
     executor = Executor(engines, clock=clock, stop=stop, fail_fast=cfg.fail_fast)
@@ -167,7 +185,10 @@ def _run_locked(cfg, job, resolved, model_profile, encoder, prepared, rejected, 
     obs.started(plan, job.n_input, len(state.skip))
     sampler = UtilisationSampler(interval_s=cfg.sample_interval_s, clock=clock)
     with _signals(stop, obs), sampler, log:
-        executor.run(plan, todo, on_batch, replan=replanner)
+        if cfg.engine == "vllm":  # continuous batching: rows queued in the plan's order
+            executor.run_stream(plan, todo, on_batch, replan=replanner)
+        else:
+            executor.run(plan, todo, on_batch, replan=replanner)
     interrupted = stop.is_set() and any(i not in done for i in todo)
     if replanner.replans:
         plan.notes.append(f"rescheduled {replanner.replans} time(s) while running; batches ran "
@@ -197,6 +218,7 @@ def _run_locked(cfg, job, resolved, model_profile, encoder, prepared, rejected, 
     manifest.set_counts({r["index"]: r for r in records})
     manifest.finish("complete")
     manifest.save(cfg.out)
+    _learn_costs(cfg, plan, cluster, model_profile, batches)
     if cfg.record_history:
         _record_history(cfg, job, resolved, manifest, outcome, records)
     missed = any(r.get("slo_met") is False for r in records)
@@ -269,10 +291,10 @@ def _make_plan(cfg: RunConfig, model_profile, queries: list[Query], now_s: float
     from uellm_cli.profile.hardware import resolve_cluster
 
     cluster = resolve_cluster(cfg.cluster)
-    calibrations = load_calibrations("hf", model=model_profile.name)
+    calibrations = load_calibrations(cfg.engine, model=model_profile.name)
     plan = make_plan(
         queries, model_profile, cluster, policy=cfg.policy, calibrations=calibrations,
-        start_offset_s=now_s + _expected_load_s(model_profile),
+        start_offset_s=now_s + _expected_load_s(model_profile) + _engine_start_s(cfg.engine),
         max_batch_size=cfg.max_batch_size, on_miss=cfg.on_miss,
     )
     return plan, cluster, calibrations
@@ -281,6 +303,15 @@ def _make_plan(cfg: RunConfig, model_profile, queries: list[Query], now_s: float
 def _expected_load_s(model_profile) -> float:
     """Loading safetensors runs at roughly disk/memory speed: ~1 GB/s is a fair CPU guess."""
     return 0.5 + model_profile.weight_bytes / 1e9
+
+
+def _engine_start_s(engine: str) -> float:
+    """vLLM starts an engine (import, KV allocation) on top of loading the weights."""
+    if engine != "vllm":
+        return 0.0
+    from uellm_cli.engine.vllm_engine import EXPECTED_START_S
+
+    return EXPECTED_START_S
 
 
 def _apply_on_miss(cfg: RunConfig, plan: Plan, todo: dict[int, PreparedRow]) -> dict[int, RowResult]:
@@ -456,6 +487,22 @@ def _report(cfg, plan, queries, results, batches, model_load_s, samples, manifes
     write_report_json(cfg.out, metrics, **common)
     html = write_report_html(cfg.out, metrics, **common)
     return metrics, html
+
+
+def _learn_costs(cfg, plan: Plan, cluster, model_profile, batches: list[BatchRecord]) -> None:
+    """Refit the cost model from this run's static batches (one-device replicas only), so the
+    next forecast for this model and device comes from what the engine really did."""
+    from uellm_cli.profile.run_calibration import record_batches
+
+    replicas = plan.deployment.replicas
+    if cfg.engine != "hf" or len(replicas) != 1 or len(replicas[0].stages) != 1:
+        return
+    try:
+        device = cluster.device(replicas[0].stages[0].device)
+    except KeyError:
+        return
+    with contextlib.suppress(OSError):  # an optimisation: a read-only home must not fail the run
+        record_batches(batches, engine="hf", device_name=device.name, model=model_profile.name)
 
 
 def _as_results(records: list[dict]) -> list[RowResult]:

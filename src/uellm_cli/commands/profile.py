@@ -37,6 +37,7 @@ def profile(
     calibrate: Annotated[bool, typer.Option("--calibrate", help="Time prefill and decode of the model on this machine and fit the cost model.")] = False,
     device: Annotated[str | None, typer.Option("--device", help="Device to calibrate on (cpu, cuda:0); default: cuda:0 if NVML sees a GPU, else cpu.")] = None,
     dtype: Annotated[str | None, typer.Option("--dtype", help="Plan with this dtype (float16, bfloat16, float32); default: float32 on a CPU-only cluster, else the checkpoint's.")] = None,
+    engine: Annotated[str, typer.Option("--engine", help="Engine the calibration is for: hf or vllm (needs the vllm extra).")] = "hf",
     job: Annotated[str | None, typer.Option("--job", help="A job file: show predicted output lengths for a sample of its rows.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the profile as one JSON document on stdout.")] = False,
 ) -> None:
@@ -52,10 +53,14 @@ def profile(
     spec = model or DEFAULT_ALIAS
     found = resolve_cluster(cluster)
     prof = load_model_profile(spec, planning_dtype(found, dtype))
+    if engine not in ("hf", "vllm"):
+        from uellm_cli.errors import ConfigError
+
+        raise ConfigError(f"--engine {engine!r}: choose hf or vllm")
     if calibrate:
-        _calibrate(spec, prof, found, device)
+        _calibrate(spec, prof, found, device, engine)
     names = {d.name for d in found.devices}
-    cals = {k: c for k, c in load_calibrations("hf", model=prof.name).items() if k in names}
+    cals = {k: c for k, c in load_calibrations(engine, model=prof.name).items() if k in names}
     job_doc = _job_sample(job, prof.name) if job else None
     doc = build_profile_doc(found, prof, cals, job_doc)
     path = save_profile_doc(doc)
@@ -65,7 +70,7 @@ def profile(
     console.print(f"[dim]profile written to {escape(str(path))}[/dim]", highlight=False)
 
 
-def _calibrate(spec: str, prof, cluster, device: str | None) -> None:
+def _calibrate(spec: str, prof, cluster, device: str | None, engine: str = "hf") -> None:
     from uellm_cli.engine.models import resolve_model
     from uellm_cli.profile.calibrate import calibrate, save_calibration
 
@@ -75,7 +80,7 @@ def _calibrate(spec: str, prof, cluster, device: str | None) -> None:
         def progress(done: int, total: int) -> None:
             status.update(f"calibrating {escape(prof.name)} on {device}: {done}/{total} points")
 
-        cal = calibrate(str(resolved.path), device=device, name=prof.name,
+        cal = calibrate(str(resolved.path), device=device, name=prof.name, engine=engine,
                         dtype=prof.dtype if device == "cpu" else None, progress=progress)
     path = save_calibration(cal)
     console.print(f"[dim]calibration saved to {escape(str(path))}[/dim]", highlight=False)
@@ -175,7 +180,8 @@ def _render_calibrations(cals: dict) -> None:
         console.print("[dim]no calibration for this model here: the cost model uses the roofline "
                       "(run `uellm profile --calibrate`)[/dim]", highlight=False)
         return
-    ct = Table(title="calibration (hf engine)", title_justify="left")
+    engine = next(iter(cals.values())).get("engine", "hf")
+    ct = Table(title=f"calibration ({engine} engine)", title_justify="left")
     for col in ("device", "prefill 1x512", "decode step b=1 ctx=512", "decode step b=16 ctx=512", "fit MAPE (prefill/decode)", "measured"):
         ct.add_column(col)
     for name, c in cals.items():

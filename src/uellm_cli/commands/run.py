@@ -99,6 +99,7 @@ def run_command(
     fail_fast: Annotated[bool, typer.Option("--fail-fast", help="Stop at the first failed batch.")] = False,
     sample_interval: Annotated[float, typer.Option("--sample-interval", help="Seconds between utilisation samples.")] = 1.0,
     threads: Annotated[int | None, typer.Option("--threads", help="CPU threads for generation (default: the idle cores, or OMP_NUM_THREADS).")] = None,
+    engine: Annotated[str, typer.Option("--engine", help="hf (transformers, static batches, follows HELR layer maps exactly) or vllm (continuous batching in the plan's order; pip install 'uellm-cli[vllm]').")] = "hf",
     no_history: Annotated[bool, typer.Option("--no-history", help="Do not record this run in the history database.")] = False,
     json_: Annotated[bool, typer.Option("--json", help="Print the report as JSON on stdout.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
@@ -115,6 +116,7 @@ def run_command(
         on_miss=on_miss, raw_prompt=raw_prompt, trust_remote_code=trust_remote_code,
         resume=resume, force=force, retry_errors=retry_errors, fail_fast=fail_fast,
         sample_interval_s=sample_interval, record_history=not no_history, threads=threads,
+        engine=engine,
     )
     observer = ProgressObserver(quiet=quiet or json_)
     try:

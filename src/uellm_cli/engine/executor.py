@@ -90,6 +90,15 @@ class Executor:
         if self._failure is not None:
             raise self._failure
 
+    def run_stream(self, plan: Plan, rows: dict[int, PreparedRow], on_batch: BatchCallback,
+                   replan: Replanner | None = None) -> None:
+        """Queue every row on the replicas' stream engines (vLLM) with priority = its rank in
+        the plan's order; results reach `on_batch` in small groups as rows finish (and, with
+        `replan`, rows not started yet are re-ordered by the revised plan)."""
+        from uellm_cli.engine.stream_executor import run_stream
+
+        run_stream(self, plan, rows, on_batch, replan)
+
     def _run_adaptive(self, plan: Plan, rows, on_batch, replan: Replanner) -> None:
         replica = plan.deployment.replicas[0].index
         engine = self.engines[replica]

