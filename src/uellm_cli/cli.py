@@ -5,7 +5,6 @@ Keep imports here light: `uellm --help` must not import torch.
 
 from __future__ import annotations
 
-import importlib
 import os
 import sys
 
@@ -40,14 +39,12 @@ def _root(
 
 
 def _register_all() -> None:
+    from uellm_cli.commands.common import optional_command_module
+
     for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(f"uellm_cli.commands.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name == f"uellm_cli.commands.{name}":
-                continue
-            raise
-        module.register(app)
+        module = optional_command_module(name)
+        if module is not None:
+            module.register(app)
 
 
 _register_all()

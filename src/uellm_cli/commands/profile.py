@@ -10,7 +10,6 @@ and `register(app)` below calls it before adding the group.
 
 from __future__ import annotations
 
-import importlib
 import json
 from typing import Annotated
 
@@ -18,7 +17,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from uellm_cli.commands.common import console
+from uellm_cli.commands.common import console, optional_command_module
 
 profile_app = typer.Typer(
     help="Profile the hardware and the model (and calibrate the cost model).",
@@ -216,13 +215,9 @@ def _add_subcommands() -> None:
         return
     _subcommands_added = True
     for name, func in SUBCOMMANDS:
-        try:
-            module = importlib.import_module(f"uellm_cli.commands.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name == f"uellm_cli.commands.{name}":
-                continue
-            raise
-        getattr(module, func)(profile_app)
+        module = optional_command_module(name)
+        if module is not None:
+            getattr(module, func)(profile_app)
 
 
 def register(app: typer.Typer) -> None:

@@ -43,7 +43,7 @@ def calibrate_vllm(
     from uellm_cli.engine.models import choose_cpu_threads, load_config, resolve_model
     from uellm_cli.engine.vllm_engine import require_vllm, start_llm
     from uellm_cli.engine.vllm_settings import VLLMSettings, check_cpu_support
-    from uellm_cli.profile.calibrate import device_name, fit
+    from uellm_cli.profile.calibrate import device_name, fit_grid
     from uellm_cli.profile.model import load_model_profile
 
     if device != "cpu":
@@ -89,8 +89,7 @@ def calibrate_vllm(
         done += 1
         if progress:
             progress(done, total)
-    p, p_err = fit([(1.0, b * L, b * L * L) for b, L, _ in prefill_pts], [t for *_, t in prefill_pts])
-    d, d_err = fit([(1.0, b, b * c) for b, c, _ in decode_pts], [t for *_, t in decode_pts])
+    p, p_err, d, d_err = fit_grid(prefill_pts, decode_pts)
     import vllm
 
     return Calibration(

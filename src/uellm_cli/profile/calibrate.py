@@ -92,8 +92,7 @@ def calibrate(
             done += 1
             if progress:
                 progress(done, total)
-    p, p_err = fit([(1.0, b * L, b * L * L) for b, L, _ in prefill_pts], [t for *_, t in prefill_pts])
-    d, d_err = fit([(1.0, b, b * c) for b, c, _ in decode_pts], [t for *_, t in decode_pts])
+    p, p_err, d, d_err = fit_grid(prefill_pts, decode_pts)
     return Calibration(
         device_name=device_name(device), engine=engine, model=name or Path(model_dir).name,
         prefill=tuple(p), decode=tuple(d), measured_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -179,6 +178,14 @@ def _decode(model, batch: int, ctx: int, repeats: int, gen, device: str) -> floa
         _sync(device)
         times.append(time.perf_counter() - t)
     return statistics.median(times)
+
+
+def fit_grid(prefill_pts, decode_pts) -> tuple[list[float], float, list[float], float]:
+    """Fit Calibration.prefill on (batch, prompt, seconds) points and Calibration.decode on
+    (batch, context, seconds) points; returns both coefficient lists and their MAPEs."""
+    p, p_err = fit([(1.0, b * n, b * n * n) for b, n, _ in prefill_pts], [t for *_, t in prefill_pts])
+    d, d_err = fit([(1.0, b, b * c) for b, c, _ in decode_pts], [t for *_, t in decode_pts])
+    return p, p_err, d, d_err
 
 
 def fit(rows: list[tuple[float, ...]], times: list[float]) -> tuple[list[float], float]:
