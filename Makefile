@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 UELLM := $(VENV)/bin/uellm
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: setup model demo test lint bench clean
+.PHONY: setup setup-test model demo test lint bench clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,6 +19,13 @@ $(VENV)/.installed: pyproject.toml
 
 setup: $(VENV)/.installed
 
+# The tests also run the Ray backend on a local Ray, so they need the ray extra.
+$(VENV)/.installed-test: $(VENV)/.installed
+	$(PY) -m pip install --quiet -e '.[test,ray]'
+	touch $@
+
+setup-test: $(VENV)/.installed-test
+
 model: setup
 	$(UELLM) prepare --model smollm2-135m
 
@@ -26,13 +33,13 @@ demo: model
 	$(UELLM) run sample_jobs/demo.jsonl --out runs/demo --force; \
 	  status=$$?; if [ $$status -ne 0 ] && [ $$status -ne 3 ]; then exit $$status; fi
 
-test: setup
+test: setup-test
 	OMP_NUM_THREADS=1 $(PY) -m pytest
 
 bench: setup
 	$(PY) bench/run.py --smoke
 
-lint: setup
+lint: setup-test
 	$(VENV)/bin/ruff check src tests bench
 
 clean:

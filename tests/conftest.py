@@ -45,3 +45,12 @@ def tiny_gpt2(tmp_path_factory) -> Path:
     from tiny_models import build_tiny_model
 
     return build_tiny_model(tmp_path_factory.mktemp("models") / "tiny-gpt2", "gpt2")
+
+
+@pytest.fixture(scope="session")
+def ref(tiny_llama, tmp_path_factory):
+    """One uninterrupted local run of the reference job (proc_helpers), shared by every test
+    that compares a killed, resumed or distributed run with it."""
+    from proc_helpers import reference_run
+
+    return reference_run(tiny_llama, tmp_path_factory)

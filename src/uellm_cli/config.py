@@ -13,6 +13,7 @@ INPUT_FORMATS = ("jsonl", "parquet", "csv", "openai")
 ON_MISS = ("run", "skip")
 DTYPES = ("float32", "bfloat16", "float16")
 ENGINES = ("hf", "vllm")  # engine/base.py ENGINE_NAMES
+BACKENDS = ("local", "ray")
 
 
 # Options added after the first release: at these values they behave as before the option
@@ -45,6 +46,9 @@ class RunConfig:
     record_history: bool = True
     threads: int | None = None
     engine: str = "hf"
+    backend: str = "local"
+    ray_address: str | None = None
+    replicas: int | None = None
 
     def __post_init__(self) -> None:
         if self.policy not in POLICIES:
@@ -73,16 +77,30 @@ class RunConfig:
             raise ConfigError(f"--threads must be >= 1, got {self.threads}")
         if self.engine not in ENGINES:
             raise ConfigError(f"--engine {self.engine!r}: choose one of {', '.join(ENGINES)}")
+        if self.backend not in BACKENDS:
+            raise ConfigError(f"--backend {self.backend!r}: choose one of {', '.join(BACKENDS)}")
+        if self.replicas is not None and self.replicas < 1:
+            raise ConfigError(f"--replicas must be >= 1, got {self.replicas}")
+        if self.backend != "ray" and self.ray_address is not None:
+            raise ConfigError("--ray-address needs --backend ray")
+        if self.backend == "ray" and self.cluster is not None:
+            raise ConfigError("--cluster and --backend ray contradict each other: with Ray the "
+                              "cluster is read from Ray")
+        if self.backend == "ray" and self.engine != "hf":
+            raise ConfigError(f"--backend ray runs the hf engine; --engine {self.engine} runs on "
+                              "one machine only")
         if self.resume and self.force:
             raise ConfigError("--resume and --force contradict each other: pick one")
 
     def output_options(self) -> dict:
         """The options that change outputs: part of the run fingerprint (resume safety).
         Scheduling options (policy, batch size) change timing, never the greedy text, but they
-        change sampled text and the report, so they are included too."""
+        change sampled text and the report, so they are included too. Where the run happens
+        (cluster, backend, replicas, threads) is not: a run may resume on other hardware."""
         d = asdict(self)
         for k in ("job", "out", "resume", "force", "retry_errors", "fail_fast",
-                  "sample_interval_s", "record_history", "cluster", "output_format", "threads"):
+                  "sample_interval_s", "record_history", "cluster", "output_format", "threads",
+                  "backend", "ray_address", "replicas"):
             d.pop(k)
         for k, default in LATER_OPTIONS_DEFAULTS.items():
             if d.get(k) == default:

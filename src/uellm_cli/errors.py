@@ -70,6 +70,13 @@ class LockedError(UellmError):
     code = "locked"
 
 
+class ReplicasLostError(UellmError):
+    """Every replica of a distributed run died (restarts used up) with rows still to run."""
+
+    exit_code = EXIT_FAILED
+    code = "replicas_lost"
+
+
 class MissingExtraError(UellmError):
     """An optional dependency is not installed."""
 

@@ -66,6 +66,11 @@ def run_job(cfg: RunConfig, *, observer: RunObserver | None = None,
         from uellm_cli.engine.vllm_engine import require_vllm
 
         require_vllm()
+    if cfg.backend == "ray":
+        from uellm_cli.ray_backend import check_reachable, require_ray
+
+        require_ray()
+        check_reachable(cfg.ray_address)  # before the out folder is touched
     t0 = clock_origin if clock_origin is not None else time.perf_counter()
 
     def clock() -> float:
@@ -101,7 +106,7 @@ def run_job(cfg: RunConfig, *, observer: RunObserver | None = None,
     }
     fp = fingerprint(job.file_sha256, options)
     stop = threading.Event()  # set by SIGINT/SIGTERM: no new batch starts
-    with _interrupt_guard(stop), RunLock(cfg.out) as lock:
+    with _interrupt_guard(stop), RunLock(cfg.out) as lock, contextlib.ExitStack() as backend:
         if lock.took_over_stale:
             obs.stage(f"took over a stale lock in {cfg.out} (its process is gone)")
         state = prepare_out_dir(cfg.out, fp, resume=cfg.resume, force=cfg.force,
@@ -120,8 +125,14 @@ def run_job(cfg: RunConfig, *, observer: RunObserver | None = None,
         manifest.set_counts(state.done)
         try:  # from the first save on: a signal arriving right after it must still be recorded
             manifest.save(cfg.out)
+            ray_backend = None
+            if cfg.backend == "ray":
+                from uellm_cli.ray_backend.driver import RayBackend
+
+                obs.stage(f"connecting to Ray{f' at {cfg.ray_address}' if cfg.ray_address else ''}")
+                ray_backend = backend.enter_context(RayBackend(cfg.ray_address))
             return _run_locked(cfg, job, resolved, model_profile, encoder, prepared, rejected,
-                               state, manifest, obs, clock, stop)
+                               state, manifest, obs, clock, stop, ray_backend)
         except BaseException as exc:
             if manifest.state == "running":
                 manifest.finish("interrupted" if isinstance(exc, KeyboardInterrupt) else "failed")
@@ -137,7 +148,7 @@ def run_job(cfg: RunConfig, *, observer: RunObserver | None = None,
 
 
 def _run_locked(cfg, job, resolved, model_profile, encoder, prepared, rejected, state,
-                manifest, obs, clock, stop: threading.Event) -> RunOutcome:
+                manifest, obs, clock, stop: threading.Event, ray_backend=None) -> RunOutcome:
     from uellm_cli.jobs.writers import ResultLog
 
     todo = {i: p for i, p in prepared.items() if i not in state.skip}
@@ -146,14 +157,25 @@ def _run_locked(cfg, job, resolved, model_profile, encoder, prepared, rejected, 
         todo[i].predicted_tokens = q.predicted_tokens
 
     obs.stage("planning")
-    plan, cluster, calibrations = _make_plan(cfg, model_profile, list(queries.values()), clock())
+    ray_cluster = None
+    if ray_backend is not None:
+        from uellm_cli.profile.hardware import detect_cpu
+
+        ray_cluster = ray_backend.cluster(detect_cpu(), replicas=cfg.replicas)
+    plan, cluster, calibrations = _make_plan(cfg, model_profile, list(queries.values()), clock(),
+                                             ray_cluster.cluster if ray_cluster else None)
+    if ray_cluster is not None:
+        plan.notes[:0] = ray_cluster.cluster.notes
     skipped_rows = _apply_on_miss(cfg, plan, todo)
 
     if stop.is_set():  # an interrupt swallowed by a finalizer: do not load the model for nothing
         raise KeyboardInterrupt
     obs.stage(f"loading {resolved.name}")
     load_start = clock()
-    if cfg.engine == "vllm":  # one vLLM instance per replica (CPU replicas share one)
+    engines: dict = {}
+    if ray_backend is not None:  # one actor per replica, each loading on its node
+        ray_backend.start(_worker_spec_for(cfg, resolved), plan, ray_cluster)
+    elif cfg.engine == "vllm":  # one vLLM instance per replica (CPU replicas share one)
         from uellm_cli.engine.vllm_engine import load_deployment
 
         engines = load_deployment(cfg, resolved, encoder, plan, rows=todo,
@@ -185,11 +207,15 @@ def _run_locked(cfg, job, resolved, model_profile, encoder, prepared, rejected, 
     obs.started(plan, job.n_input, len(state.skip))
     sampler = UtilisationSampler(interval_s=cfg.sample_interval_s, clock=clock)
     with _signals(stop, obs), sampler, log:
-        if cfg.engine == "vllm":  # continuous batching: rows queued in the plan's order
+        if ray_backend is not None:  # replicas pull batches in plan order
+            ray_backend.run(plan, todo, on_batch, clock=clock, stop=stop, fail_fast=cfg.fail_fast)
+        elif cfg.engine == "vllm":  # continuous batching: rows queued in the plan's order
             executor.run_stream(plan, todo, on_batch, replan=replanner)
         else:
             executor.run(plan, todo, on_batch, replan=replanner)
     interrupted = stop.is_set() and any(i not in done for i in todo)
+    if ray_backend is not None:
+        plan.notes.extend(ray_backend.notes)
     if replanner.replans:
         plan.notes.append(f"rescheduled {replanner.replans} time(s) while running; batches ran "
                           f"x{replanner.scale:.2f} the cost model's forecast")
@@ -284,18 +310,19 @@ def _row_text(row: Row) -> str:
     return "\n".join(str(m.get("content", "")) for m in row.messages or [])
 
 
-def _make_plan(cfg: RunConfig, model_profile, queries: list[Query], now_s: float):
-    """The plan, and the cluster and calibrations it was made with (replanning reuses them)."""
+def _make_plan(cfg: RunConfig, model_profile, queries: list[Query], now_s: float, cluster=None):
+    """The plan, and the cluster and calibrations it was made with (replanning reuses them).
+    `cluster`: given (Ray's), or else `--cluster` or this machine."""
     from uellm_cli.plan.planner import make_plan
     from uellm_cli.profile.calibrate import load_calibrations
     from uellm_cli.profile.hardware import resolve_cluster
 
-    cluster = resolve_cluster(cfg.cluster)
+    cluster = cluster or resolve_cluster(cfg.cluster)
     calibrations = load_calibrations(cfg.engine, model=model_profile.name)
     plan = make_plan(
         queries, model_profile, cluster, policy=cfg.policy, calibrations=calibrations,
         start_offset_s=now_s + _expected_load_s(model_profile) + _engine_start_s(cfg.engine),
-        max_batch_size=cfg.max_batch_size, on_miss=cfg.on_miss,
+        max_batch_size=cfg.max_batch_size, on_miss=cfg.on_miss, replicas=cfg.replicas,
     )
     return plan, cluster, calibrations
 
@@ -309,7 +336,7 @@ def _engine_start_s(engine: str) -> float:
     """vLLM starts an engine (import, KV allocation) on top of loading the weights."""
     if engine != "vllm":
         return 0.0
-    from uellm_cli.engine.vllm_engine import EXPECTED_START_S
+    from uellm_cli.engine.vllm_settings import EXPECTED_START_S
 
     return EXPECTED_START_S
 
@@ -346,6 +373,19 @@ def _load_engines(cfg: RunConfig, resolved, encoder, plan: Plan) -> dict:
                            trust_remote_code=cfg.trust_remote_code, threads=cfg.threads)
         engines[replica.index] = HFEngine(encoder.tokenizer, model, raw_prompt=cfg.raw_prompt)
     return engines
+
+
+def _worker_spec_for(cfg: RunConfig, resolved):
+    """What each Ray actor loads: this run's model and options, its replica's device map."""
+    from uellm_cli.ray_backend.worker import WorkerSpec
+
+    def spec(replica, placement) -> WorkerSpec:
+        return WorkerSpec(replica=replica.index, model=cfg.model, resolved=resolved,
+                          device_map=placement.device_map, dtype=cfg.dtype,
+                          trust_remote_code=cfg.trust_remote_code, raw_prompt=cfg.raw_prompt,
+                          threads=cfg.threads or placement.threads, fail_fast=cfg.fail_fast)
+
+    return spec
 
 
 class _Replanner:
@@ -495,7 +535,7 @@ def _learn_costs(cfg, plan: Plan, cluster, model_profile, batches: list[BatchRec
     from uellm_cli.profile.run_calibration import record_batches
 
     replicas = plan.deployment.replicas
-    if cfg.engine != "hf" or len(replicas) != 1 or len(replicas[0].stages) != 1:
+    if cfg.engine != "hf" or cfg.backend != "local" or len(replicas) != 1 or len(replicas[0].stages) != 1:
         return
     try:
         device = cluster.device(replicas[0].stages[0].device)

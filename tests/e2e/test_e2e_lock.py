@@ -7,7 +7,6 @@ import json
 import signal
 from collections import Counter
 
-import pytest
 from proc_helpers import (
     BATCH,
     LOCK,
@@ -20,17 +19,11 @@ from proc_helpers import (
     log_records,
     manifest,
     project,
-    reference_run,
     results,
     run,
     start_run,
     wait_for,
 )
-
-
-@pytest.fixture(scope="module")
-def ref(tiny_llama, tmp_path_factory):
-    return reference_run(tiny_llama, tmp_path_factory)
 
 
 def _assert_complete_and_equal(out, ref) -> None:

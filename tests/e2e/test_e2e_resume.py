@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 from collections import Counter
 
-import pytest
 from proc_helpers import (
     BATCH,
     LOCK,
@@ -25,18 +24,12 @@ from proc_helpers import (
     log_records,
     manifest,
     project,
-    reference_run,
     results,
     run,
     start_run,
     wait_for,
     write_job,
 )
-
-
-@pytest.fixture(scope="module")
-def ref(tiny_llama, tmp_path_factory):
-    return reference_run(tiny_llama, tmp_path_factory)
 
 
 def _assert_matches_reference(out, ref) -> None:

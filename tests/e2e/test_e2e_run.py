@@ -36,7 +36,7 @@ def test_help_does_not_import_torch():
         "sys.argv = ['uellm', '--help']\n"
         "from uellm_cli import cli\n"
         "try:\n    cli.main()\nexcept SystemExit:\n    pass\n"
-        "heavy = [m for m in ('torch', 'transformers', 'accelerate') if m in sys.modules]\n"
+        "heavy = [m for m in ('torch', 'transformers', 'accelerate', 'ray') if m in sys.modules]\n"
         "assert not heavy, heavy\n"
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)

@@ -20,7 +20,6 @@ from proc_helpers import (
     log_records,
     manifest,
     project,
-    reference_run,
     results,
     run,
     start_run,
@@ -31,11 +30,6 @@ from uellm_cli.commands.run import RUN_EPILOG
 from uellm_cli.errors import EXIT_INTERRUPTED
 
 SIGNALS = [pytest.param(signal.SIGINT, id="SIGINT"), pytest.param(signal.SIGTERM, id="SIGTERM")]
-
-
-@pytest.fixture(scope="module")
-def ref(tiny_llama, tmp_path_factory):
-    return reference_run(tiny_llama, tmp_path_factory)
 
 
 def test_interrupted_status_is_documented():

@@ -77,3 +77,26 @@ def test_unknown_policy_is_a_config_error(app, job, tiny_llama):
     res = CliRunner().invoke(app, ["plan", str(job), "--model", str(tiny_llama), "--cluster", "cpu",
                                    "--policy", "nope", "--no-baselines"])
     assert isinstance(res.exception, ConfigError)
+
+
+def test_plan_replicas_is_exact_and_too_many_is_refused(app, job):
+    from uellm_cli.errors import ConfigError
+
+    args = ["plan", str(job), "--model", "llama-7b", "--cluster", "8xH100-80GB", "--no-baselines", "--json"]
+    res = CliRunner().invoke(app, [*args, "--replicas", "3"])
+    assert res.exit_code == 0, res.output
+    assert len(json.loads(res.stdout)["deployment"]["replicas"]) == 3
+    res = CliRunner().invoke(app, [*args, "--replicas", "9"])
+    assert isinstance(res.exception, ConfigError) and "only 8 replica(s)" in str(res.exception)
+
+
+def test_plan_for_vllm_counts_its_engine_start(app, job):
+    from uellm_cli.engine.vllm_settings import EXPECTED_START_S
+
+    args = ["plan", str(job), "--model", "llama-7b", "--cluster", "1xA100-80GB", "--no-baselines", "--json"]
+    starts = {}
+    for engine in ("hf", "vllm"):
+        res = CliRunner().invoke(app, [*args, "--engine", engine])
+        assert res.exit_code == 0, res.output
+        starts[engine] = json.loads(res.stdout)["start_offset_s"]
+    assert starts["vllm"] == pytest.approx(starts["hf"] + EXPECTED_START_S)

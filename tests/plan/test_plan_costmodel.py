@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 import pytest
-from test_plan_helpers import cluster, gpu, llama_like
+from plan_builders import cluster, gpu, llama_like
 
 from uellm_cli.plan.deployer import make_replica
 from uellm_cli.profile.calibration import Calibration

@@ -6,7 +6,7 @@ import itertools
 import random
 
 import pytest
-from test_plan_helpers import GB, cluster, gpu, llama_like
+from plan_builders import GB, cluster, gpu, llama_like
 
 from uellm_cli.errors import DoesNotFitError
 from uellm_cli.plan.deployer import MEM_FRACTION, PlacementSearch, deploy, make_replica

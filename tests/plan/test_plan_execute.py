@@ -7,7 +7,7 @@ import sys
 import textwrap
 
 import pytest
-from test_plan_helpers import GB, cluster, gpu, llama_like
+from plan_builders import GB, cluster, gpu, llama_like
 
 from uellm_cli.plan.deployer import MEM_FRACTION, deploy
 from uellm_cli.profile.costmodel import CostModel

@@ -6,7 +6,7 @@ import json
 import random
 
 import pytest
-from test_plan_helpers import cluster, gpu, llama_like, query
+from plan_builders import cluster, gpu, llama_like, query
 
 from uellm_cli.errors import ConfigError, DoesNotFitError
 from uellm_cli.plan.deployer import make_replica

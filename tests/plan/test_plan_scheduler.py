@@ -7,7 +7,7 @@ import random
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_plan_helpers import cluster, gpu, llama_like, query
+from plan_builders import cluster, gpu, llama_like, query
 
 from uellm_cli.errors import ConfigError
 from uellm_cli.plan.deployer import make_replica

@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 
 import pytest
-from test_plan_helpers import cluster, gpu, llama_like, query
+from plan_builders import cluster, gpu, llama_like, query
 
 from uellm_cli.plan.deployer import make_replica
 from uellm_cli.plan.scheduler import SCHEDULERS, schedule

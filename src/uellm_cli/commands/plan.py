@@ -35,9 +35,14 @@ def plan_command(
     dtype: Annotated[str | None, typer.Option("--dtype", help="Weights dtype to plan for (default: the checkpoint's; float32 on CPU).")] = None,
     input_format: Annotated[str | None, typer.Option("--format", help="Force the input format: jsonl, parquet, csv, openai.")] = None,
     baselines: Annotated[bool, typer.Option("--baselines/--no-baselines", help="Also judge accelerate's auto/balanced/sequential maps (imports torch).")] = True,
+    engine: Annotated[str, typer.Option("--engine", help="Forecast for this engine's calibration: hf or vllm.")] = "hf",
+    backend: Annotated[str, typer.Option("--backend", help="local (this machine or --cluster) or ray (the cluster a Ray cluster reports).")] = "local",
+    ray_address: Annotated[str | None, typer.Option("--ray-address", help="Ray cluster to read: auto, or HOST:PORT.")] = None,
+    replicas: Annotated[int | None, typer.Option("--replicas", help="Plan exactly this many model replicas.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the plan as JSON on stdout.")] = False,
 ) -> None:
     """Plan a job: deployment (HELR vs accelerate), batches (SLO-ODBS or a baseline), forecast."""
+    from uellm_cli.config import RunConfig
     from uellm_cli.jobs.readers import read_job
     from uellm_cli.plan.planner import make_plan, plan_to_dict
     from uellm_cli.profile.calibrate import load_calibrations
@@ -45,18 +50,28 @@ def plan_command(
     from uellm_cli.profile.model import load_model_profile, planning_dtype
 
     source = model or _default_model()
+    # the run's own checks of engine/backend/cluster/replicas, so plan and run agree
+    RunConfig(job=job, out=Path("."), engine=engine, backend=backend, ray_address=ray_address,
+              cluster=cluster, replicas=replicas)
     doc = read_job(job, fmt=input_format, default_max_new_tokens=max_new_tokens, default_slo_s=slo)
-    the_cluster = resolve_cluster(cluster)
+    the_cluster = _ray_cluster(ray_address, replicas) if backend == "ray" else resolve_cluster(cluster)
     profile = load_model_profile(source, planning_dtype(the_cluster, dtype))
     queries, capped = build_queries(doc.rows, source, profile, predictor)
-    extra, notes = [], []
-    if baselines:
+    extra, notes = [], list(the_cluster.notes) if backend == "ray" else []
+    if baselines and backend == "ray":
+        notes.append("accelerate baselines skipped: they place one machine's devices")
+    elif baselines:
         extra, note = _accelerate(source, profile, the_cluster)
         notes += [note] if note else []
     start = 0.5 + profile.weight_bytes / 1e9  # loading at ~1 GB/s comes first on the run clock
+    if engine == "vllm":
+        from uellm_cli.engine.vllm_settings import EXPECTED_START_S
+
+        start += EXPECTED_START_S
     plan = make_plan(queries, profile, the_cluster, policy=policy, objective=objective,
-                     calibrations=load_calibrations("hf"), start_offset_s=start,
-                     max_batch_size=max_batch_size, extra_deployments=extra, on_miss=on_miss)
+                     calibrations=load_calibrations(engine), start_offset_s=start,
+                     max_batch_size=max_batch_size, extra_deployments=extra, on_miss=on_miss,
+                     replicas=replicas)
     if capped:
         plan.notes.append(f"{capped} row(s) had max_new_tokens capped to fit the {profile.max_context}-token context")
     plan.notes.extend(notes)
@@ -67,6 +82,19 @@ def plan_command(
         return
     for part in render_plan(plan, profile, the_cluster, {q.index: q for q in queries}):
         console.print(part)
+
+
+def _ray_cluster(address: str | None, replicas: int | None):
+    """The cluster a Ray cluster reports now (connects, reads ray.nodes(), disconnects)."""
+    from uellm_cli.profile.hardware import detect_cpu
+    from uellm_cli.ray_backend import check_reachable, require_ray
+
+    require_ray()
+    check_reachable(address)
+    from uellm_cli.ray_backend.driver import RayBackend
+
+    with RayBackend(address) as backend:
+        return backend.cluster(detect_cpu(), replicas=replicas).cluster
 
 
 def _default_model() -> str:

@@ -100,6 +100,9 @@ def run_command(
     sample_interval: Annotated[float, typer.Option("--sample-interval", help="Seconds between utilisation samples.")] = 1.0,
     threads: Annotated[int | None, typer.Option("--threads", help="CPU threads for generation (default: the idle cores, or OMP_NUM_THREADS).")] = None,
     engine: Annotated[str, typer.Option("--engine", help="hf (transformers, static batches, follows HELR layer maps exactly) or vllm (continuous batching in the plan's order; pip install 'uellm-cli[vllm]').")] = "hf",
+    backend: Annotated[str, typer.Option("--backend", help="local (this machine) or ray (one Ray actor per replica; pip install 'uellm-cli[ray]').")] = "local",
+    ray_address: Annotated[str | None, typer.Option("--ray-address", help="Ray cluster to join: auto, or HOST:PORT (default: RAY_ADDRESS, else a local Ray).")] = None,
+    replicas: Annotated[int | None, typer.Option("--replicas", help="Run exactly this many model replicas (default: the planner's choice).")] = None,
     no_history: Annotated[bool, typer.Option("--no-history", help="Do not record this run in the history database.")] = False,
     json_: Annotated[bool, typer.Option("--json", help="Print the report as JSON on stdout.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
@@ -116,7 +119,7 @@ def run_command(
         on_miss=on_miss, raw_prompt=raw_prompt, trust_remote_code=trust_remote_code,
         resume=resume, force=force, retry_errors=retry_errors, fail_fast=fail_fast,
         sample_interval_s=sample_interval, record_history=not no_history, threads=threads,
-        engine=engine,
+        engine=engine, backend=backend, ray_address=ray_address, replicas=replicas,
     )
     observer = ProgressObserver(quiet=quiet or json_)
     try:

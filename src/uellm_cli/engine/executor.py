@@ -113,6 +113,11 @@ class Executor:
             if pending and not self.stop.is_set():
                 plan = replan(pending, record) or plan
 
+    def run_one(self, replica: int, planned: PlannedBatch,
+                members: list[PreparedRow]) -> tuple[list[RowResult], BatchRecord]:
+        """Run one batch on `replica`'s engine now (the Ray backend's actors call this)."""
+        return self._run_batch(self.engines[replica], replica, planned, members)
+
     def _run_replica(self, replica: int, batches: list[PlannedBatch], rows, on_batch) -> None:
         engine = self.engines[replica]
         for planned in batches:
@@ -161,7 +166,7 @@ class Executor:
             if is_out_of_memory(exc):
                 if len(members) == 1:
                     results.append(self._error(members[0], replica, planned, start, "oom",
-                                               f"out of memory even alone: {_short(exc)}"))
+                                               f"out of memory even alone: {short_error(exc)}"))
                     return 0, len(members[0].prompt_ids), "error"
                 _free_memory()
                 half = len(members) // 2
@@ -171,7 +176,7 @@ class Executor:
             if self.fail_fast:
                 raise
             for m in members:
-                results.append(self._error(m, replica, planned, start, "engine_error", _short(exc)))
+                results.append(self._error(m, replica, planned, start, "engine_error", short_error(exc)))
             return 0, max(len(m.prompt_ids) for m in members), "error"
         end = self.clock()
         for m, g in zip(members, out.generated, strict=False):
@@ -188,18 +193,24 @@ class Executor:
         return out.steps, out.prompt_width, "ok"
 
     def _error(self, m: PreparedRow, replica, planned, start, code, message) -> RowResult:
-        end = self.clock()
-        return RowResult(
-            index=m.row.index, id=m.row.id, status="error", prompt_tokens=len(m.prompt_ids),
-            predicted_output_tokens=m.predicted_tokens, replica=replica, batch=planned.batch,
-            started_s=start, finished_s=end, latency_s=end, deadline_s=m.row.deadline_s,
-            slo_met=None if m.row.deadline_s is None else False,
-            error_code=code, error_message=message, warnings=list(m.row.warnings),
-            passthrough=m.row.passthrough,
-        )
+        return error_result(m, replica, planned.batch, start, self.clock(), code, message)
 
 
-def _short(exc: BaseException) -> str:
+def error_result(m: PreparedRow, replica: int, batch: int, start: float, end: float, code: str,
+                 message: str) -> RowResult:
+    """A row that ran (or was about to) and failed: an error row with its timing."""
+    return RowResult(
+        index=m.row.index, id=m.row.id, status="error", prompt_tokens=len(m.prompt_ids),
+        predicted_output_tokens=m.predicted_tokens, replica=replica, batch=batch,
+        started_s=start, finished_s=end, latency_s=end, deadline_s=m.row.deadline_s,
+        slo_met=None if m.row.deadline_s is None else False,
+        error_code=code, error_message=message, warnings=list(m.row.warnings),
+        passthrough=m.row.passthrough,
+    )
+
+
+def short_error(exc: BaseException) -> str:
+    """The first line of an exception, with its type, for an error row's message."""
     text = f"{type(exc).__name__}: {exc}".splitlines()[0] if str(exc) else type(exc).__name__
     return text[:300]
 

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field, replace
 from types import SimpleNamespace
 
 from uellm_cli.engine.base import StepCallback, StreamRequest, StreamResult, StreamStats
+from uellm_cli.engine.executor import short_error as _short
 from uellm_cli.engine.hf_engine import BatchOutput, HFEngine
 from uellm_cli.engine.vllm_settings import RowShape, VLLMSettings, plan_settings
 from uellm_cli.errors import ConfigError, MissingExtraError
@@ -41,9 +42,6 @@ QUIET_ENV = {
     "VLLM_LOGGING_LEVEL": "ERROR",
     "TOKENIZERS_PARALLELISM": "false",
 }
-# vLLM's start (import, engine core, KV allocation) on a small CPU, seconds: the plan's forecast
-# adds it to the weights' load time.
-EXPECTED_START_S = 15.0
 
 
 def require_vllm() -> None:
@@ -359,10 +357,3 @@ def _reason(exc: BaseException) -> str:
     lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()] or [type(exc).__name__]
     line = lines[1] if len(lines) > 1 and "validation error" in lines[0] else lines[0]
     return line.removeprefix("Value error, ").split(" [type=")[0][:300]
-
-
-def _short(exc: BaseException) -> str:
-    text = f"{type(exc).__name__}: {exc}".splitlines()[0] if str(exc) else type(exc).__name__
-    return text[:300]
-
-

@@ -10,6 +10,10 @@ from dataclasses import dataclass
 
 from uellm_cli.errors import ConfigError
 
+# vLLM's start (import, engine core, KV allocation) on a small CPU, seconds: the plan's forecast
+# adds it to the weights' load time.
+EXPECTED_START_S = 15.0
+
 KV_MIN_BYTES = 16 << 20
 KV_MARGIN = 1.1  # vLLM rounds every request up to whole KV blocks
 LEN_ALIGN = 16

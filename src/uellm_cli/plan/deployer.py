@@ -21,7 +21,8 @@ part that depends only on the layer counts given which device is first and which
    the counts with box constraints 1 <= k_i <= cap_i(first, last) and sum k_i = L, so filling
    the fastest devices first is optimal (a fractional knapsack with integral caps): O(|S|).
 Total O(2^n * n^3) for n devices; n = 8 with 80 layers runs in a few tens of milliseconds.
-Clusters of more than MAX_EXHAUSTIVE devices are searched per node (see `_groups`).
+Each node is searched on its own (a replica never spans machines), cut to its MAX_EXHAUSTIVE
+fastest devices (see `_groups`).
 
 Objectives: `lr` = least per-token time over all subsets; `he` = fewest devices, then least
 time. Replicas: pick the best placement, remove its devices, repeat on what is left; the k-th
@@ -409,17 +410,16 @@ def _backtrack(hp, hop, mask: int, f: int, z: int, n: int) -> list[int]:
 
 
 def _groups(cluster: Cluster) -> list[list[str]]:
-    """Device sets searched exhaustively: the whole cluster when small, else one per node
-    (a pipeline across machines rarely pays), each cut to its MAX_EXHAUSTIVE fastest devices."""
-    devs = cluster.devices
-    if len(devs) <= MAX_EXHAUSTIVE:
-        return [[d.id for d in devs]]
+    """Device sets searched exhaustively: one per node (a replica never spans machines:
+    accelerate's layer hooks cannot reach another host), each cut to its MAX_EXHAUSTIVE
+    fastest devices."""
     nodes: dict[str, list] = {}
-    for d in devs:
+    for d in cluster.devices:
         nodes.setdefault(d.node, []).append(d)
     out = []
     for members in nodes.values():
-        members = sorted(members, key=lambda d: (-d.mem_bandwidth, -d.memory_bytes))[:MAX_EXHAUSTIVE]
+        if len(members) > MAX_EXHAUSTIVE:
+            members = sorted(members, key=lambda d: (-d.mem_bandwidth, -d.memory_bytes))[:MAX_EXHAUSTIVE]
         out.append([d.id for d in members])
     return out
 

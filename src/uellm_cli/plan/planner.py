@@ -76,8 +76,10 @@ def make_plan(
     on_miss: str = "run",
     policy_params: dict | None = None,
     judge_rows: int = JUDGE_ROWS,
+    replicas: int | None = None,
 ) -> Plan:
-    """Choose a deployment and a batch timeline for `queries` (see the module docstring)."""
+    """Choose a deployment and a batch timeline for `queries` (see the module docstring).
+    `replicas`: only deployments with exactly that many replicas (--replicas)."""
     if objective not in OBJECTIVES:
         raise ConfigError(f"unknown objective {objective!r}: choose one of {', '.join(OBJECTIVES)}")
     if on_miss not in ON_MISS:
@@ -89,8 +91,10 @@ def make_plan(
     cost = CostModel(model, cluster, calibrations)
     notes: list[str] = []
 
-    candidates = helr_candidates(queries, model, cluster, cost, objective=objective, batch_cap=cap)
-    candidates.extend(d for d in extra_deployments if d.replicas)  # listed even when equal to a HELR map
+    candidates = helr_candidates(queries, model, cluster, cost, objective=objective, batch_cap=cap,
+                                 replicas=replicas)
+    candidates.extend(d for d in extra_deployments  # listed even when equal to a HELR map
+                      if d.replicas and replicas in (None, len(d.replicas)))
 
     sample, k = _judging_sample(queries, judge_rows, start_offset_s)
     if k > 1:
@@ -162,9 +166,11 @@ def reschedule(
 
 
 def helr_candidates(queries: Sequence[Query], model: ModelProfile, cluster: Cluster, cost: CostModel, *,
-                    objective: str = "helr", batch_cap: int = 64) -> list[Deployment]:
-    """HELR deployments for the objective's placement rule(s), every replica count and KV reserve
-    level; DoesNotFitError when not even one row at the 95th-percentile length fits anywhere."""
+                    objective: str = "helr", batch_cap: int = 64,
+                    replicas: int | None = None) -> list[Deployment]:
+    """HELR deployments for the objective's placement rule(s), every replica count (or only
+    `replicas`) and KV reserve level; DoesNotFitError when not even one row at the
+    95th-percentile length fits anywhere, ConfigError when fewer than `replicas` fit."""
     rules = ("lr", "he") if objective == "helr" else (objective,)
     n = len(queries)
     ctx = _p95([q.prompt_tokens + q.predicted_upper for q in queries], default=512)
@@ -176,14 +182,18 @@ def helr_candidates(queries: Sequence[Query], model: ModelProfile, cluster: Clus
     out: list[Deployment] = []
     seen: set = set()
     first_failure: DoesNotFitError | None = None
+    most = 0
     for b in levels:
         search = PlacementSearch(model, cluster, cost, kv_reserve_bytes=cost.kv_bytes(b, ctx),
                                  act_reserve_bytes=cost.activation_bytes(b, prompt),
                                  ref_batch=ref_batch, ref_context=ref_ctx)
         found = False
         for rule in rules:
-            for dep in search.deployments(rule):
+            for dep in search.deployments(rule, replicas):
                 found = True
+                most = max(most, len(dep.replicas))
+                if replicas is not None and len(dep.replicas) != replicas:
+                    continue
                 key = _dep_key(dep)
                 if key not in seen:
                     seen.add(key)
@@ -191,6 +201,9 @@ def helr_candidates(queries: Sequence[Query], model: ModelProfile, cluster: Clus
                     out.append(dep)
         if not found and first_failure is None:
             first_failure = search.does_not_fit()
+    if not out and most:
+        raise ConfigError(f"--replicas {replicas}: only {most} replica(s) of {model.name} fit on "
+                          f"this cluster ({len(cluster.devices)} device(s))")
     if not out:
         raise first_failure or DoesNotFitError(f"{model.name} fits on no device")
     return out

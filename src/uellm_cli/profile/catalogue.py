@@ -165,13 +165,9 @@ def gpu_from_name(name: str) -> GpuSpec:
     key = _compact(name)
     if not key:
         raise ConfigError("empty GPU name", hint=f"known GPUs: {', '.join(known_gpus())}")
-    for g in GPUS:
-        if key == _compact(g.name) or key in (_compact(a) for a in g.aliases):
-            return g
-    matches = [
-        g for g in GPUS
-        if _compact(g.name).startswith(key) or any(_compact(a).startswith(key) for a in g.aliases)
-    ]
+    exact, matches = gpu_matches(name)
+    if exact:
+        return exact[0]
     if len(matches) == 1:
         return matches[0]
     if matches:
@@ -180,6 +176,16 @@ def gpu_from_name(name: str) -> GpuSpec:
                           hint="write the full name, e.g. " + matches[0].name)
     raise ConfigError(f"unknown GPU {name!r}",
                       hint=f"known GPUs: {', '.join(known_gpus())}; or describe it in a cluster file")
+
+
+def gpu_matches(name: str) -> tuple[list[GpuSpec], list[GpuSpec]]:
+    """Catalogue entries named `name` exactly (or by an alias), and those it is a prefix of
+    (case, dashes and spaces ignored)."""
+    key = _compact(name)
+    exact = [g for g in GPUS if key == _compact(g.name) or key in (_compact(a) for a in g.aliases)]
+    prefix = [g for g in GPUS
+              if _compact(g.name).startswith(key) or any(_compact(a).startswith(key) for a in g.aliases)]
+    return exact, prefix
 
 
 def gpu_from_nvml(nvml_name: str, total_memory: int) -> GpuSpec | None:

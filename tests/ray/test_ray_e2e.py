@@ -1,0 +1,181 @@
+"""`uellm run --backend ray` on a real local Ray (`ray.init(num_cpus=2)`): two CPU replicas of
+the tiny model give the local backend's results; an actor killed mid-run (`ray.kill`) and a
+driver killed with SIGKILL lose and duplicate nothing.
+
+The reference is the uninterrupted local run of the shared reference job (proc_helpers).
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from proc_helpers import (
+    BATCH,
+    LOG,
+    MAX_NEW_TOKENS,
+    N_ROWS,
+    assert_no_traceback,
+    log_lines,
+    log_records,
+    manifest,
+    project,
+    results,
+    run,
+    start_run,
+    wait_for,
+)
+
+pytestmark = pytest.mark.ray
+ray = pytest.importorskip("ray")
+
+NAMESPACE = "uellm-tests"
+
+
+@pytest.fixture(scope="module")
+def ray_address():
+    """A local Ray with 2 CPUs for this module; tests in this process join it, and `uellm run`
+    processes join it through --ray-address."""
+    ctx = ray.init(num_cpus=2, include_dashboard=False, namespace=NAMESPACE,
+                   object_store_memory=100 * 2**20, logging_level="ERROR", log_to_driver=False)
+    yield ctx.address_info["gcs_address"]
+    ray.shutdown()
+
+
+def _ray_args(address: str) -> tuple[str, ...]:
+    return ("--backend", "ray", "--ray-address", address, "--replicas", "2")
+
+
+def _assert_every_row_once(out: Path, ref) -> None:
+    rows = results(out)
+    assert [r["row"] for r in rows] == list(range(N_ROWS))
+    assert project(rows) == project(ref.rows)
+    counts = Counter(r["index"] for r in log_records(out))
+    assert set(counts) == set(range(N_ROWS)) and set(counts.values()) == {1}, counts
+
+
+def test_two_cpu_replicas_give_the_local_results(ray_address, ref, tmp_path):
+    out = tmp_path / "out"
+    res = run(ref.job, out, Path(manifest(ref.out)["model"]["path"]), tmp_path / "home",
+              *_ray_args(ray_address))
+    assert res.code == 0, res.stderr
+    assert_no_traceback(res.stderr)
+    _assert_every_row_once(out, ref)
+    rows = results(out)
+    assert {r["replica"] for r in rows} == {0, 1}  # both replicas ran batches
+    assert [r["team"] for r in rows] == [r["team"] for r in ref.rows]  # passthrough joins back
+    report = json.loads((out / "report.json").read_text())
+    assert len(report["plan"]["deployment"]["replicas"]) == 2
+    assert report["metrics"]["ok"] == N_ROWS
+    assert any(n.startswith("Ray cluster") for n in report["plan"]["notes"])
+
+
+class _KillBusy:
+    """Observer: when a batch ends, kill (Ray restarts it) the other replica if it is in the
+    middle of a batch. An actor runs one call at a time, so a `ready()` call that does not
+    return at once is queued behind a running batch."""
+
+    def __init__(self):
+        self.killed: str | None = None
+
+    def stage(self, message): ...
+
+    def started(self, plan, rows_total, rows_skipped): ...
+
+    def interrupted(self, second): ...
+
+    def batch_done(self, results_, record, at_risk):
+        if self.killed is not None:
+            return
+        other = f"-replica-{1 - record.replica}"
+        names = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
+                 if a["name"].endswith(other)]
+        assert len(names) == 1, names
+        actor = ray.get_actor(names[0], namespace=NAMESPACE)
+        idle, _ = ray.wait([actor.ready.remote()], timeout=0.05)
+        if not idle:
+            ray.kill(actor, no_restart=False)
+            self.killed = names[0]
+
+
+def _config(ref, out: Path, **kw):
+    from uellm_cli.config import RunConfig
+
+    return RunConfig(job=ref.job, out=out, model=manifest(ref.out)["model"]["path"],
+                     max_batch_size=BATCH, max_new_tokens=MAX_NEW_TOKENS, record_history=False,
+                     backend="ray", replicas=2, **kw)
+
+
+def test_an_actor_killed_mid_run_loses_and_duplicates_nothing(ray_address, ref, tmp_path):
+    from uellm_cli.runner import run_job
+
+    out = tmp_path / "out"
+    killer = _KillBusy()
+    outcome = run_job(_config(ref, out), observer=killer)
+    assert killer.killed is not None
+    assert outcome.exit_code == 0 and outcome.rows_ok == N_ROWS
+    _assert_every_row_once(out, ref)
+    notes = json.loads((out / "report.json").read_text())["plan"]["notes"]
+    assert any("lost with their replica and run again elsewhere" in n for n in notes), notes
+
+
+class _StopAfter:
+    """Observer: a second Ctrl-C after `n` batches (KeyboardInterrupt out of the run)."""
+
+    def __init__(self, n: int):
+        self.n = n
+
+    def stage(self, message): ...
+
+    def started(self, plan, rows_total, rows_skipped): ...
+
+    def interrupted(self, second): ...
+
+    def batch_done(self, results_, record, at_risk):
+        self.n -= 1
+        if self.n == 0:
+            raise KeyboardInterrupt
+
+
+def test_an_interrupted_ray_run_resumes(ray_address, ref, tmp_path):
+    from uellm_cli.runner import run_job
+
+    out = tmp_path / "out"
+    with pytest.raises(KeyboardInterrupt):
+        run_job(_config(ref, out), observer=_StopAfter(3))
+    assert manifest(out)["state"] == "interrupted"
+    done = log_lines(out)
+    assert 0 < done < N_ROWS
+    outcome = run_job(_config(ref, out, resume=True))
+    assert outcome.exit_code == 0
+    _assert_every_row_once(out, ref)
+
+
+def test_a_killed_driver_resumes_on_ray(ray_address, ref, tmp_path):
+    """SIGKILL the `uellm run` process (the driver) mid-run; Ray drops its actors; a rerun with
+    --resume finishes the job from the durable log."""
+    out = tmp_path / "out"
+    model = Path(manifest(ref.out)["model"]["path"])
+    proc = start_run(ref.job, out, model, tmp_path / "home", *_ray_args(ray_address))
+    wait_for(proc, "4 logged rows", lambda: log_lines(out) >= 4)
+    proc.kill9()
+    assert log_lines(out) < N_ROWS, "the run ended before the kill"
+    res = run(ref.job, out, model, tmp_path / "home", *_ray_args(ray_address), "--resume")
+    assert res.code == 0, res.stderr
+    assert_no_traceback(res.stderr)
+    _assert_every_row_once(out, ref)
+    assert (out / LOG).exists()
+
+
+def test_plan_reads_the_cluster_from_ray(ray_address, ref, capsys):
+    from clirun import run_cli
+
+    res = run_cli(capsys, "plan", ref.job, "--model", manifest(ref.out)["model"]["path"],
+                  "--backend", "ray", "--ray-address", ray_address, "--replicas", "2", "--json")
+    assert res.code == 0, res.err
+    doc = json.loads(res.out)
+    devices = [r["devices"] for r in doc["deployment"]["replicas"]]
+    assert sorted(devices) == [["n0/cpu:0"], ["n0/cpu:1"]]  # one node, two CPU slots
+    assert any("Ray cluster" in n and "2 CPUs" in n for n in doc["notes"])
