@@ -34,12 +34,14 @@ class SystemSpec:
     batch_size: int = 1  # hf-static: rows per batch; hf-cb: concurrent requests
     priority: bool = False  # vllm: deadline-derived priorities
     engine: str = "hf"  # uellm: --engine (vllm runs with bench/.venv-vllm's uellm)
+    replicas: int = 0  # uellm: > 0 runs --backend ray --replicas N (a local Ray)
 
     @property
     def description(self) -> str:
         if self.kind == "uellm":
             return f"uellm run --policy {self.mode}" + (
-                f" --engine {self.engine}" if self.engine != "hf" else "")
+                f" --engine {self.engine}" if self.engine != "hf" else "") + (
+                f" --backend ray --replicas {self.replicas}" if self.replicas else "")
         if self.mode == "static":
             return f"{DESCRIPTIONS['hf-static']} (batch {self.batch_size})"
         if self.mode == "cb":
@@ -64,11 +66,14 @@ def parse_system(name: str) -> SystemSpec:
     m = re.fullmatch(r"uellm-vllm(?:-(.+))?", name)  # uellm-vllm = slo-odbs on the vllm engine
     if m and (m.group(1) or "slo-odbs") in UELLM_POLICIES:
         return SystemSpec(name, "uellm", m.group(1) or "slo-odbs", engine="vllm")
+    m = re.fullmatch(r"uellm-ray-(\d+)", name)  # slo-odbs, N replicas as actors on a local Ray
+    if m and int(m.group(1)) > 0:
+        return SystemSpec(name, "uellm", "slo-odbs", replicas=int(m.group(1)))
     if name.startswith("uellm-") and name[len("uellm-"):] in UELLM_POLICIES:
         return SystemSpec(name, "uellm", name[len("uellm-"):])
     raise ValueError(
         f"unknown system '{name}': use hf-naive, hf-static-N, hf-cb[-N], vllm, vllm-priority, "
-        + ", ".join(f"uellm-{p}" for p in UELLM_POLICIES) + ", uellm-vllm[-POLICY]"
+        + ", ".join(f"uellm-{p}" for p in UELLM_POLICIES) + ", uellm-vllm[-POLICY], uellm-ray-N"
     )
 
 

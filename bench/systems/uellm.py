@@ -36,6 +36,8 @@ def command(spec: SystemSpec, ctx: BenchContext, out_dir: Path, binary: Path) ->
         cmd.append("--raw-prompt")
     if spec.engine != "hf":
         cmd += ["--engine", spec.engine]
+    if spec.replicas:
+        cmd += ["--backend", "ray", "--replicas", str(spec.replicas)]
     return cmd + list(ctx.uellm_args)
 
 

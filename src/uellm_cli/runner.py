@@ -321,7 +321,7 @@ def _make_plan(cfg: RunConfig, model_profile, queries: list[Query], now_s: float
     calibrations = load_calibrations(cfg.engine, model=model_profile.name)
     plan = make_plan(
         queries, model_profile, cluster, policy=cfg.policy, calibrations=calibrations,
-        start_offset_s=now_s + _expected_load_s(model_profile) + _engine_start_s(cfg.engine),
+        start_offset_s=now_s + _expected_load_s(model_profile) + _engine_start_s(cfg),
         max_batch_size=cfg.max_batch_size, on_miss=cfg.on_miss, replicas=cfg.replicas,
     )
     return plan, cluster, calibrations
@@ -332,9 +332,14 @@ def _expected_load_s(model_profile) -> float:
     return 0.5 + model_profile.weight_bytes / 1e9
 
 
-def _engine_start_s(engine: str) -> float:
-    """vLLM starts an engine (import, KV allocation) on top of loading the weights."""
-    if engine != "vllm":
+def _engine_start_s(cfg: RunConfig) -> float:
+    """What comes on top of loading the weights: vLLM starts an engine (import, KV allocation);
+    a Ray actor starts a process that imports torch."""
+    if cfg.backend == "ray":
+        from uellm_cli.ray_backend import EXPECTED_ACTOR_START_S
+
+        return EXPECTED_ACTOR_START_S
+    if cfg.engine != "vllm":
         return 0.0
     from uellm_cli.engine.vllm_settings import EXPECTED_START_S
 

@@ -93,7 +93,10 @@ def test_system_names_parse_and_reject():
     assert parse_system("hf-cb").mode == "cb"
     assert parse_system("vllm-priority").priority
     assert parse_system("uellm-slo-odbs-paper").mode == "slo-odbs-paper"
-    for bad in ("hf-static-0", "uellm-magic", "vllm-fast"):
+    ray2 = parse_system("uellm-ray-2")
+    assert (ray2.kind, ray2.mode, ray2.replicas) == ("uellm", "slo-odbs", 2)
+    assert "--backend ray --replicas 2" in ray2.description
+    for bad in ("hf-static-0", "uellm-magic", "vllm-fast", "uellm-ray-0"):
         with pytest.raises(ValueError):
             parse_system(bad)
     with pytest.raises(ValueError):

@@ -68,6 +68,10 @@ def plan_command(
         from uellm_cli.engine.vllm_settings import EXPECTED_START_S
 
         start += EXPECTED_START_S
+    if backend == "ray":
+        from uellm_cli.ray_backend import EXPECTED_ACTOR_START_S
+
+        start += EXPECTED_ACTOR_START_S
     plan = make_plan(queries, profile, the_cluster, policy=policy, objective=objective,
                      calibrations=load_calibrations(engine), start_offset_s=start,
                      max_batch_size=max_batch_size, extra_deployments=extra, on_miss=on_miss,

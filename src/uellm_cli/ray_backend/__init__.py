@@ -13,6 +13,9 @@ import socket
 from uellm_cli.errors import ConfigError, MissingExtraError
 
 CONNECT_TIMEOUT_S = 10.0
+# An actor is a fresh process: Ray starts it, then it imports torch and transformers before it
+# loads any weights (seen here: about 4 s on a small CPU). The forecast adds it to the load.
+EXPECTED_ACTOR_START_S = 4.0
 INSTALL_HINT = "pip install 'uellm-cli[ray]' (on every node of the cluster)"
 
 
