@@ -163,7 +163,7 @@ def _run_locked(cfg, job, resolved, model_profile, encoder, prepared, rejected, 
 
         ray_cluster = ray_backend.cluster(detect_cpu(), replicas=cfg.replicas)
     plan, cluster, calibrations = _make_plan(cfg, model_profile, list(queries.values()), clock(),
-                                             ray_cluster.cluster if ray_cluster else None)
+                                             ray_cluster)
     if ray_cluster is not None:
         plan.notes[:0] = ray_cluster.cluster.notes
     skipped_rows = _apply_on_miss(cfg, plan, todo)
@@ -310,15 +310,19 @@ def _row_text(row: Row) -> str:
     return "\n".join(str(m.get("content", "")) for m in row.messages or [])
 
 
-def _make_plan(cfg: RunConfig, model_profile, queries: list[Query], now_s: float, cluster=None):
+def _make_plan(cfg: RunConfig, model_profile, queries: list[Query], now_s: float, ray_cluster=None):
     """The plan, and the cluster and calibrations it was made with (replanning reuses them).
-    `cluster`: given (Ray's), or else `--cluster` or this machine."""
+    The cluster is Ray's when `ray_cluster` is given, else `--cluster` or this machine."""
     from uellm_cli.plan.planner import make_plan
     from uellm_cli.profile.calibrate import load_calibrations
     from uellm_cli.profile.hardware import resolve_cluster
 
-    cluster = cluster or resolve_cluster(cfg.cluster)
     calibrations = load_calibrations(cfg.engine, model=model_profile.name)
+    if ray_cluster is not None:
+        cluster = ray_cluster.cluster
+        calibrations = ray_cluster.with_slot_calibrations(calibrations)
+    else:
+        cluster = resolve_cluster(cfg.cluster)
     plan = make_plan(
         queries, model_profile, cluster, policy=cfg.policy, calibrations=calibrations,
         start_offset_s=now_s + _expected_load_s(model_profile) + _engine_start_s(cfg),
@@ -546,8 +550,12 @@ def _learn_costs(cfg, plan: Plan, cluster, model_profile, batches: list[BatchRec
         device = cluster.device(replicas[0].stages[0].device)
     except KeyError:
         return
+    from uellm_cli.engine.models import choose_cpu_threads
+
+    threads = choose_cpu_threads(cfg.threads) if device.kind == "cpu" else None
     with contextlib.suppress(OSError):  # an optimisation: a read-only home must not fail the run
-        record_batches(batches, engine="hf", device_name=device.name, model=model_profile.name)
+        record_batches(batches, engine="hf", device_name=device.name, model=model_profile.name,
+                       threads=threads)
 
 
 def _as_results(records: list[dict]) -> list[RowResult]:

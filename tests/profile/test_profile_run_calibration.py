@@ -49,6 +49,12 @@ def test_refit_from_batches_predicts_their_times():
     assert load_calibrations("hf", model="m")["cpu-x"].fit_error["source"] == "runs"
 
 
+def test_the_threads_a_run_used_are_kept_with_its_fit():
+    cal = record_batches(_batches(40), engine="hf", device_name="cpu-th", model="m", threads=2)
+    assert cal is not None and cal.fit_error["threads"] == 2
+    assert load_calibrations("hf", model="m")["cpu-th"].fit_error["threads"] == 2
+
+
 def test_too_few_or_failed_batches_do_not_fit():
     few = _batches(3)
     assert record_batches(few, engine="hf", device_name="cpu-y", model="m") is None

@@ -14,6 +14,7 @@ from uellm_cli.plan.deployer import deploy
 from uellm_cli.plan.planner import make_plan
 from uellm_cli.plan.types import Replica, Stage
 from uellm_cli.profile import catalogue as cat
+from uellm_cli.profile.calibration import Calibration
 from uellm_cli.profile.hardware import Device
 from uellm_cli.ray_backend import require_ray
 from uellm_cli.ray_backend.cluster import (
@@ -355,3 +356,43 @@ def test_plain_python_parts_do_not_import_ray():
             "assert 'ray' not in sys.modules, 'ray was imported'\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
+
+
+# ----------------------------------------------------------------------------- slot calibrations
+
+
+def _cal(device_name: str, threads: int | None) -> Calibration:
+    fit = {"source": "runs"} | ({"threads": threads} if threads else {})
+    return Calibration(device_name, "hf", "m", (0.01, 1e-5, 1e-9), (0.002, 1e-4, 1e-8), fit_error=fit)
+
+
+def test_cpu_slots_get_the_drivers_calibration_slowed_by_their_share_of_its_threads():
+    rc = cluster_from_nodes([node(0, cpus=8), node(1, cpus=4)], CPU, replicas=4)
+    base = _cal(CPU.name, threads=8)
+    cals = rc.with_slot_calibrations({CPU.name: base})
+    assert cals[CPU.name] is base  # the driver's own stays
+    for dev in rc.cluster.devices:
+        slot = cals[dev.name]
+        factor = 8 / dev.cores
+        assert factor >= 2  # 4 slots over 12 CPUs: none has more than 4 of the 8 threads
+        assert slot.prefill_s(4, 100) == pytest.approx(base.prefill_s(4, 100) * factor)
+        assert slot.decode_s(4, 300) == pytest.approx(base.decode_s(4, 300) * factor)
+        assert slot.fit_error["derived_from"] == CPU.name
+
+
+def test_without_threads_on_record_the_calibration_counts_as_all_cores():
+    rc = cluster_from_nodes([node(0, cpus=8)], CPU, replicas=2)  # CPU.cores == 8
+    base = _cal(CPU.name, threads=None)
+    (dev, _) = rc.cluster.devices
+    assert rc.with_slot_calibrations({CPU.name: base})[dev.name].decode_s(1, 10) == pytest.approx(
+        base.decode_s(1, 10) * 8 / dev.cores)
+
+
+def test_a_slot_never_counts_faster_than_the_calibration_and_gpus_are_left_alone():
+    rc = cluster_from_nodes([node(0, cpus=16)], CPU)  # one slot of 16 CPUs, measured at 2 threads
+    base = _cal(CPU.name, threads=2)
+    (dev,) = rc.cluster.devices
+    assert rc.with_slot_calibrations({CPU.name: base})[dev.name].decode == base.decode
+    gpu = cluster_from_nodes([node(0, gpus=2, gpu_type="L4")], CPU)
+    assert gpu.with_slot_calibrations({CPU.name: base}) == {CPU.name: base}
+    assert rc.with_slot_calibrations({}) == {}  # nothing measured: the roofline

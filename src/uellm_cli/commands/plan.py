@@ -54,7 +54,8 @@ def plan_command(
     RunConfig(job=job, out=Path("."), engine=engine, backend=backend, ray_address=ray_address,
               cluster=cluster, replicas=replicas)
     doc = read_job(job, fmt=input_format, default_max_new_tokens=max_new_tokens, default_slo_s=slo)
-    the_cluster = _ray_cluster(ray_address, replicas) if backend == "ray" else resolve_cluster(cluster)
+    ray_cluster = _ray_cluster(ray_address, replicas) if backend == "ray" else None
+    the_cluster = ray_cluster.cluster if ray_cluster else resolve_cluster(cluster)
     profile = load_model_profile(source, planning_dtype(the_cluster, dtype))
     queries, capped = build_queries(doc.rows, source, profile, predictor)
     extra, notes = [], list(the_cluster.notes) if backend == "ray" else []
@@ -72,8 +73,11 @@ def plan_command(
         from uellm_cli.ray_backend import EXPECTED_ACTOR_START_S
 
         start += EXPECTED_ACTOR_START_S
+    calibrations = load_calibrations(engine)
+    if ray_cluster is not None:
+        calibrations = ray_cluster.with_slot_calibrations(calibrations)
     plan = make_plan(queries, profile, the_cluster, policy=policy, objective=objective,
-                     calibrations=load_calibrations(engine), start_offset_s=start,
+                     calibrations=calibrations, start_offset_s=start,
                      max_batch_size=max_batch_size, extra_deployments=extra, on_miss=on_miss,
                      replicas=replicas)
     if capped:
@@ -98,7 +102,7 @@ def _ray_cluster(address: str | None, replicas: int | None):
     from uellm_cli.ray_backend.driver import RayBackend
 
     with RayBackend(address) as backend:
-        return backend.cluster(detect_cpu(), replicas=replicas).cluster
+        return backend.cluster(detect_cpu(), replicas=replicas)
 
 
 def _default_model() -> str:

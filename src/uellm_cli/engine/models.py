@@ -150,6 +150,19 @@ def _resolve_gguf(path: Path, name: str) -> ResolvedModel:
     return ResolvedModel(name=name, path=folder, source="gguf", revision=folder_revision(folder))
 
 
+def _alias_of(folder: Path) -> str | None:
+    """The alias whose folder this is (`<cache>/models/smollm2-135m-converted`), so a run given
+    the folder's path finds the alias's calibrations and length predictor, and the other way
+    round; None for any other folder."""
+    try:
+        if folder.parent != models_dir().resolve():
+            return None
+    except OSError:
+        return None
+    name = folder.name.removesuffix("-converted")
+    return name if name in KNOWN_ALIASES or name in PACKAGED_MODELS else None
+
+
 def _resolve_alias(alias: str) -> ResolvedModel:
     own = models_dir() / alias
     if _is_model_folder(own):
@@ -196,7 +209,8 @@ def resolve_model(spec: str | None) -> ResolvedModel:
         if path.is_file() and path.suffix == ".gguf":
             return _resolve_gguf(path, path.stem)
         if _is_model_folder(path):
-            return ResolvedModel(path.name, path.resolve(), "folder", folder_revision(path))
+            name = _alias_of(path.resolve()) or path.name
+            return ResolvedModel(name, path.resolve(), "folder", folder_revision(path))
         raise ModelNotFoundError(
             f"{spec}: not a model folder (no config.json) and not a .gguf file"
         )

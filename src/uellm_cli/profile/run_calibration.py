@@ -37,10 +37,11 @@ def features(batch: int, prompt_tokens: int, steps: int) -> tuple[float, ...]:
 
 
 def record_batches(
-    batches: Iterable, *, engine: str, device_name: str, model: str
+    batches: Iterable, *, engine: str, device_name: str, model: str, threads: int | None = None
 ) -> Calibration | None:
     """Append the run's clean batches (status ok, some steps) and refit; returns the new
-    calibration, or None while there are too few observations to fit."""
+    calibration, or None while there are too few observations to fit. `threads`: the CPU
+    threads the run used (kept with the fit, as the grid calibration does)."""
     obs = [
         {"rows": len(b.rows), "prompt_width": b.prompt_width, "steps": b.steps,
          "seconds": b.finished_s - b.started_s}
@@ -62,7 +63,8 @@ def record_batches(
         prefill=(coef[0], coef[1], coef[2]), decode=(coef[3], coef[4], coef[5]),
         measured_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         samples=len(history),
-        fit_error={"batch_mape": mape, "source": "runs", "batches": len(history)},
+        fit_error={"batch_mape": mape, "source": "runs", "batches": len(history),
+                   **({"threads": threads} if threads else {})},
     )
     target = path.with_name(path.name.replace("--batches.jsonl", "--runs.json"))
     tmp = target.with_suffix(".tmp")

@@ -20,6 +20,7 @@ from dataclasses import dataclass, replace
 from uellm_cli.errors import ConfigError
 from uellm_cli.plan.types import Replica
 from uellm_cli.profile import catalogue as cat
+from uellm_cli.profile.calibration import Calibration
 from uellm_cli.profile.hardware import Cluster, Device, Link
 
 ACCELERATOR_PREFIX = "accelerator_type:"
@@ -52,10 +53,34 @@ class SlotInfo:
 
 @dataclass(slots=True)
 class RayCluster:
-    """The planner's view (`cluster`) and, per device id, where it is on Ray (`slots`)."""
+    """The planner's view (`cluster`) and, per device id, where it is on Ray (`slots`).
+    `cpu`: the driver's CPU that CPU slots were scaled from."""
 
     cluster: Cluster
     slots: dict[str, SlotInfo]
+    cpu: Device | None = None
+
+    def with_slot_calibrations(self, calibrations: dict[str, Calibration]) -> dict[str, Calibration]:
+        """`calibrations` plus one per CPU slot, derived from the driver's CPU calibration: its
+        times scaled by the threads it was measured with over the slot's CPUs (linear, so on
+        the safe side for memory-bound steps; 2 one-CPU replicas were measured 2.5x slower each
+        than one two-thread replica here). Without a CPU calibration the roofline applies."""
+        out = dict(calibrations)
+        base = calibrations.get(self.cpu.name) if self.cpu is not None else None
+        if base is None:
+            return out
+        measured_threads = int(base.fit_error.get("threads") or self.cpu.cores or 1)
+        for dev in self.cluster.devices:
+            if dev.kind != "cpu" or dev.name == base.device_name:
+                continue
+            factor = max(1.0, measured_threads / max(1, dev.cores))
+            out[dev.name] = replace(
+                base, device_name=dev.name,
+                prefill=tuple(x * factor for x in base.prefill),
+                decode=tuple(x * factor for x in base.decode),
+                fit_error={**base.fit_error, "derived_from": base.device_name, "time_factor": factor},
+            )
+        return out
 
 
 @dataclass(slots=True, frozen=True)
@@ -126,7 +151,8 @@ def cluster_from_nodes(nodes: list[RayNode], cpu: Device, *, replicas: int | Non
                 dev_id = f"{tag}/cpu:{j}"
                 fraction = share / cpu.cores if cpu.cores else 1.0 / count
                 devices.append(replace(
-                    cpu, id=dev_id, node=tag, memory_bytes=node.memory_bytes // count,
+                    cpu, id=dev_id, name=f"{cpu.name} (Ray slot, {share:g} CPUs)", node=tag,
+                    memory_bytes=node.memory_bytes // count,
                     total_memory_bytes=node.memory_bytes, flops=cpu.flops * fraction,
                     mem_bandwidth=cpu.mem_bandwidth * min(1.0, fraction), cores=max(1, int(share)),
                     numbers_from="estimated",
@@ -138,7 +164,8 @@ def cluster_from_nodes(nodes: list[RayNode], cpu: Device, *, replicas: int | Non
     total_cpus = sum(n.cpus for n in nodes)
     total_gpus = sum(n.gpus for n in nodes)
     notes.insert(0, f"{where}: {len(nodes)} node(s), {total_cpus:g} CPUs, {total_gpus} GPUs")
-    return RayCluster(Cluster(devices, links, NET_LINK, source="ray", notes=notes), slots)
+    return RayCluster(Cluster(devices, links, NET_LINK, source="ray", notes=notes), slots,
+                      cpu=None if gpu_nodes else cpu)
 
 
 def actor_placement(replica: Replica, ray_cluster: RayCluster) -> ActorPlacement:
