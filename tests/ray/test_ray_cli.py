@@ -83,3 +83,12 @@ def test_a_local_run_does_not_import_ray(job, tiny_llama, tmp_path):
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert proc.stdout.split() == ["NO-RAY", "0"], proc.stderr
     assert (out / "results.parquet").exists()
+
+
+def test_help_shows_the_install_lines_of_the_extras(capsys):
+    import re
+
+    res = run_cli(capsys, "run", "--help")
+    assert res.code == 0
+    flat = re.sub(r"[\s│]+", "", res.out + res.err)  # the help box wraps long lines
+    assert "pipinstall'uellm-cli[ray]'" in flat and "pipinstall'uellm-cli[vllm]'" in flat
