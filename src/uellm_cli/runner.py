@@ -323,12 +323,26 @@ def _make_plan(cfg: RunConfig, model_profile, queries: list[Query], now_s: float
         calibrations = ray_cluster.with_slot_calibrations(calibrations)
     else:
         cluster = resolve_cluster(cfg.cluster)
+        calibrations = _for_run_threads(cfg, cluster, calibrations)
     plan = make_plan(
         queries, model_profile, cluster, policy=cfg.policy, calibrations=calibrations,
         start_offset_s=now_s + _expected_load_s(model_profile) + _engine_start_s(cfg),
         max_batch_size=cfg.max_batch_size, on_miss=cfg.on_miss, replicas=cfg.replicas,
     )
     return plan, cluster, calibrations
+
+
+def _for_run_threads(cfg: RunConfig, cluster, calibrations: dict) -> dict:
+    """A CPU calibration measured with more threads than this run will use is slowed to match
+    (a run on a busy machine takes fewer threads: engine.models.choose_cpu_threads)."""
+    from uellm_cli.engine.models import choose_cpu_threads
+
+    threads = choose_cpu_threads(cfg.threads)
+    out = dict(calibrations)
+    for dev in cluster.devices:
+        if dev.kind == "cpu" and dev.name in out:
+            out[dev.name] = out[dev.name].for_threads(threads)
+    return out
 
 
 def _expected_load_s(model_profile) -> float:

@@ -55,6 +55,22 @@ def test_the_threads_a_run_used_are_kept_with_its_fit():
     assert load_calibrations("hf", model="m")["cpu-th"].fit_error["threads"] == 2
 
 
+def _slowed(batches: list[BatchRecord], factor: float) -> list[BatchRecord]:
+    return [BatchRecord(b.batch, b.replica, b.rows, b.started_s * factor, b.finished_s * factor,
+                        b.steps, b.prompt_width, b.output_tokens) for b in batches]
+
+
+def test_only_batches_run_on_the_same_threads_are_fitted_together():
+    one_thread = _slowed(_batches(40, seed=2), 2.0)  # the same work, twice as slow
+    record_batches(one_thread, engine="hf", device_name="cpu-mix", model="m", threads=1)
+    cal = record_batches(_batches(40), engine="hf", device_name="cpu-mix", model="m", threads=2)
+    assert cal is not None and cal.threads == 2 and cal.samples == 40
+    for b in _batches(10, seed=1):
+        got = cal.prefill_s(len(b.rows), b.prompt_width) + sum(
+            cal.decode_s(len(b.rows), b.prompt_width + k) for k in range(1, b.steps))
+        assert abs(got - (b.finished_s - b.started_s)) / (b.finished_s - b.started_s) < 0.02
+
+
 def test_too_few_or_failed_batches_do_not_fit():
     few = _batches(3)
     assert record_batches(few, engine="hf", device_name="cpu-y", model="m") is None

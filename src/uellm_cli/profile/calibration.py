@@ -8,7 +8,7 @@ SKELETON: the dataclass is the contract; measurement (torch) and fitting follow.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 
 @dataclass(slots=True, frozen=True)
@@ -29,3 +29,28 @@ class Calibration:
     def decode_s(self, batch: int, context: int) -> float:
         d0, d1, d2 = self.decode
         return d0 + d1 * batch + d2 * batch * context
+
+    @property
+    def threads(self) -> int | None:
+        """The CPU threads it was measured with, when recorded."""
+        t = self.fit_error.get("threads")
+        return int(t) if t else None
+
+    def for_threads(self, threads: int, *, measured: int | None = None,
+                    device_name: str | None = None) -> Calibration:
+        """This calibration for a CPU run on `threads` threads: every time multiplied by
+        measured / threads when fewer threads run than were measured (linear, so on the safe
+        side for memory-bound steps), never made faster. `measured` defaults to the recorded
+        thread count; with neither, the times stay. `device_name`: file it under another
+        device (a Ray CPU slot derived from this CPU)."""
+        measured = measured or self.threads
+        factor = max(1.0, measured / max(1, threads)) if measured else 1.0
+        name = device_name or self.device_name
+        if factor == 1.0 and name == self.device_name:
+            return self
+        extra = {"time_factor": factor, "for_threads": threads}
+        if name != self.device_name:
+            extra["derived_from"] = self.device_name
+        return replace(self, device_name=name, prefill=tuple(x * factor for x in self.prefill),
+                       decode=tuple(x * factor for x in self.decode),
+                       fit_error={**self.fit_error, **extra})

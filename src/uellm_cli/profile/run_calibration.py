@@ -41,10 +41,11 @@ def record_batches(
 ) -> Calibration | None:
     """Append the run's clean batches (status ok, some steps) and refit; returns the new
     calibration, or None while there are too few observations to fit. `threads`: the CPU
-    threads the run used (kept with the fit, as the grid calibration does)."""
+    threads the run used; only batches run on as many threads are fitted together, and the
+    count is kept with the fit, as the grid calibration does."""
     obs = [
         {"rows": len(b.rows), "prompt_width": b.prompt_width, "steps": b.steps,
-         "seconds": b.finished_s - b.started_s}
+         "seconds": b.finished_s - b.started_s, **({"threads": threads} if threads else {})}
         for b in batches
         if b.status == "ok" and b.steps > 0 and b.finished_s > b.started_s
     ]
@@ -53,7 +54,10 @@ def record_batches(
     with path.open("a", encoding="utf-8") as f:
         for o in obs:
             f.write(json.dumps(o) + "\n")
-    history = _read(path)[-KEEP_BATCHES:]
+    history = _read(path)
+    if threads:  # batches run on other thread counts (or not recorded) would blur the fit
+        history = [o for o in history if o.get("threads") == threads]
+    history = history[-KEEP_BATCHES:]
     if len(history) < MIN_BATCHES or len({o["rows"] for o in history}) < MIN_BATCH_SIZES:
         return None
     coef, mape = fit([features(o["rows"], o["prompt_width"], o["steps"]) for o in history],

@@ -69,17 +69,11 @@ class RayCluster:
         base = calibrations.get(self.cpu.name) if self.cpu is not None else None
         if base is None:
             return out
-        measured_threads = int(base.fit_error.get("threads") or self.cpu.cores or 1)
+        measured = base.threads or self.cpu.cores or 1
         for dev in self.cluster.devices:
-            if dev.kind != "cpu" or dev.name == base.device_name:
-                continue
-            factor = max(1.0, measured_threads / max(1, dev.cores))
-            out[dev.name] = replace(
-                base, device_name=dev.name,
-                prefill=tuple(x * factor for x in base.prefill),
-                decode=tuple(x * factor for x in base.decode),
-                fit_error={**base.fit_error, "derived_from": base.device_name, "time_factor": factor},
-            )
+            if dev.kind == "cpu" and dev.name != base.device_name:
+                out[dev.name] = base.for_threads(max(1, dev.cores), measured=measured,
+                                                 device_name=dev.name)
         return out
 
 
