@@ -115,24 +115,37 @@ def _config(ref, out: Path, **kw):
                      backend="ray", replicas=2, **kw)
 
 
-# Long batches for the kill test (the reference job's take ~40 ms: too short to hit reliably).
-KILL_ROWS, KILL_BATCH, KILL_TOKENS = 16, 4, 200
+# Long batches (the reference job's take ~40 ms: too short to kill or stop reliably).
+LONG_BATCH, LONG_TOKENS = 4, 200
+
+
+def _long_job(ref, tmp_path: Path, rows: int) -> tuple[dict, list[dict]]:
+    """A job of `rows` rows with ~0.3 s batches, its run options, and its local results."""
+    from proc_helpers import write_job
+
+    from uellm_cli.config import RunConfig
+    from uellm_cli.runner import run_job
+
+    job = write_job(tmp_path / "long.jsonl", n=rows, seed=1)
+    options = dict(job=job, model=manifest(ref.out)["model"]["path"], max_batch_size=LONG_BATCH,
+                   max_new_tokens=LONG_TOKENS, record_history=False)
+    assert run_job(RunConfig(out=tmp_path / "local", **options)).exit_code == 0
+    return options, results(tmp_path / "local")
+
+
+def _assert_same_rows_once(out: Path, local: list[dict]) -> None:
+    assert project(results(out)) == project(local)
+    counts = Counter(r["index"] for r in log_records(out))
+    assert set(counts) == set(range(len(local))) and set(counts.values()) == {1}, counts
 
 
 def test_an_actor_killed_mid_run_loses_and_duplicates_nothing(ray_address, ref, tmp_path):
     """A kill may land as a batch ends (then nothing is lost, and nothing is tested): up to
     three runs, each checked in full against a local run, until one loses a batch to it."""
-    from proc_helpers import write_job
-
+    from uellm_cli.config import RunConfig
     from uellm_cli.runner import run_job
 
-    job = write_job(tmp_path / "job.jsonl", n=KILL_ROWS, seed=1)
-    options = dict(job=job, model=manifest(ref.out)["model"]["path"], max_batch_size=KILL_BATCH,
-                   max_new_tokens=KILL_TOKENS, record_history=False)
-    from uellm_cli.config import RunConfig
-
-    assert run_job(RunConfig(out=tmp_path / "local", **options)).exit_code == 0
-    local = results(tmp_path / "local")
+    options, local = _long_job(ref, tmp_path, 16)
     lost = False
     for attempt in range(3):
         out = tmp_path / f"ray{attempt}"
@@ -143,10 +156,8 @@ def test_an_actor_killed_mid_run_loses_and_duplicates_nothing(ray_address, ref, 
         finally:
             killer.stop()
         assert killer.killed is not None
-        assert outcome.exit_code == 0 and outcome.rows_ok == KILL_ROWS
-        assert project(results(out)) == project(local)
-        counts = Counter(r["index"] for r in log_records(out))
-        assert set(counts) == set(range(KILL_ROWS)) and set(counts.values()) == {1}, counts
+        assert outcome.exit_code == 0 and outcome.rows_ok == len(local)
+        _assert_same_rows_once(out, local)
         notes = json.loads((out / "report.json").read_text())["plan"]["notes"]
         if any("lost with their replica and run again elsewhere" in n for n in notes):
             lost = True
@@ -206,3 +217,40 @@ def test_plan_reads_the_cluster_from_ray(ray_address, ref, capsys):
     devices = [r["devices"] for r in doc["deployment"]["replicas"]]
     assert sorted(devices) == [["n0/cpu:0"], ["n0/cpu:1"]]  # one node, two CPU slots
     assert any("Ray cluster" in n and "2 CPUs" in n for n in doc["notes"])
+
+
+def _replica_actors() -> list[str]:
+    return [a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
+            if "-replica-" in a["name"]]
+
+
+def test_ctrl_c_lets_the_ray_batches_in_flight_finish_then_resumes(ray_address, ref, tmp_path):
+    """SIGINT to the driver: no new batch starts, the (at most two) batches running finish and
+    are written, exit 130 with the manifest `interrupted`; the actors go with the driver, and a
+    rerun finishes the job."""
+    import signal
+    import time
+
+    options, local = _long_job(ref, tmp_path, 32)  # 8 batches of ~0.3 s
+    run_options = ("--max-batch-size", str(LONG_BATCH), "--max-new-tokens", str(LONG_TOKENS),
+                   "--no-history")
+    out, home, model = tmp_path / "out", tmp_path / "home", Path(options["model"])
+    proc = start_run(options["job"], out, model, home, *_ray_args(ray_address), options=run_options)
+    wait_for(proc, "a batch in the log", lambda: log_lines(out) >= LONG_BATCH)
+    proc.signal(signal.SIGSTOP)  # count the lines before the signal, deliver it on SIGCONT
+    try:
+        before = log_lines(out)
+        proc.signal(signal.SIGINT)
+    finally:
+        proc.signal(signal.SIGCONT)
+    assert proc.wait() == 130, proc.stderr()
+    assert_no_traceback(proc.stderr())
+    assert manifest(out)["state"] == "interrupted"
+    assert before <= log_lines(out) <= before + 2 * LONG_BATCH  # a batch per replica, no new one
+    end = time.monotonic() + 30
+    while _replica_actors() and time.monotonic() < end:
+        time.sleep(0.2)
+    assert _replica_actors() == []
+    res = run(options["job"], out, model, home, *_ray_args(ray_address), options=run_options)
+    assert res.code == 0, res.stderr
+    _assert_same_rows_once(out, local)
