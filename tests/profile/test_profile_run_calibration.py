@@ -60,11 +60,11 @@ def _slowed(batches: list[BatchRecord], factor: float) -> list[BatchRecord]:
                         b.steps, b.prompt_width, b.output_tokens) for b in batches]
 
 
-def test_only_batches_run_on_the_same_threads_are_fitted_together():
+def test_batches_run_on_other_threads_are_scaled_to_this_runs():
     one_thread = _slowed(_batches(40, seed=2), 2.0)  # the same work, twice as slow
     record_batches(one_thread, engine="hf", device_name="cpu-mix", model="m", threads=1)
     cal = record_batches(_batches(40), engine="hf", device_name="cpu-mix", model="m", threads=2)
-    assert cal is not None and cal.threads == 2 and cal.samples == 40
+    assert cal is not None and cal.threads == 2 and cal.samples == 80
     for b in _batches(10, seed=1):
         got = cal.prefill_s(len(b.rows), b.prompt_width) + sum(
             cal.decode_s(len(b.rows), b.prompt_width + k) for k in range(1, b.steps))
