@@ -82,3 +82,16 @@ class MissingExtraError(UellmError):
 
     exit_code = EXIT_USAGE
     code = "missing_extra"
+
+    @classmethod
+    def unless_installed(cls, module: str, message: str) -> None:
+        """Raise it with `message` when `module` cannot be imported; finds it without importing
+        it (vLLM and Ray take seconds to import)."""
+        import importlib.util
+
+        try:
+            missing = importlib.util.find_spec(module) is None
+        except ValueError:  # sys.modules[module] is None: imports of it are blocked
+            missing = True
+        if missing:
+            raise cls(message)

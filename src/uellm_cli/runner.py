@@ -13,7 +13,7 @@ import threading
 import time
 from collections.abc import Callable
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -151,6 +151,12 @@ def _run_locked(cfg, job, resolved, model_profile, encoder, prepared, rejected, 
                 manifest, obs, clock, stop: threading.Event, ray_backend=None) -> RunOutcome:
     from uellm_cli.jobs.writers import ResultLog
 
+    if cfg.backend == "local" and cfg.engine == "hf":
+        # One thread count for the whole run: the plan's calibration, the loaded model and the
+        # run calibration must agree, and the default follows the moving load average.
+        from uellm_cli.engine.models import choose_cpu_threads
+
+        cfg = replace(cfg, threads=choose_cpu_threads(cfg.threads))
     todo = {i: p for i, p in prepared.items() if i not in state.skip}
     queries = _profile_queries(cfg, resolved.name, todo)  # index -> Query
     for i, q in queries.items():
@@ -326,7 +332,7 @@ def _make_plan(cfg: RunConfig, model_profile, queries: list[Query], now_s: float
         calibrations = _for_run_threads(cfg, cluster, calibrations)
     plan = make_plan(
         queries, model_profile, cluster, policy=cfg.policy, calibrations=calibrations,
-        start_offset_s=now_s + _expected_load_s(model_profile) + _engine_start_s(cfg),
+        start_offset_s=now_s + expected_startup_s(model_profile, cfg.engine, cfg.backend),
         max_batch_size=cfg.max_batch_size, on_miss=cfg.on_miss, replicas=cfg.replicas,
     )
     return plan, cluster, calibrations
@@ -345,23 +351,21 @@ def _for_run_threads(cfg: RunConfig, cluster, calibrations: dict) -> dict:
     return out
 
 
-def _expected_load_s(model_profile) -> float:
-    """Loading safetensors runs at roughly disk/memory speed: ~1 GB/s is a fair CPU guess."""
-    return 0.5 + model_profile.weight_bytes / 1e9
-
-
-def _engine_start_s(cfg: RunConfig) -> float:
-    """What comes on top of loading the weights: vLLM starts an engine (import, KV allocation);
-    a Ray actor starts a process that imports torch."""
-    if cfg.backend == "ray":
+def expected_startup_s(model_profile, engine: str = "hf", backend: str = "local") -> float:
+    """Seconds before the first batch can start (`uellm run` and `uellm plan` forecast with it):
+    loading safetensors at roughly disk/memory speed (~1 GB/s is a fair CPU guess), plus what
+    comes on top: a Ray actor starts a process that imports torch; vLLM starts an engine
+    (import, KV allocation)."""
+    load = 0.5 + model_profile.weight_bytes / 1e9
+    if backend == "ray":
         from uellm_cli.ray_backend import EXPECTED_ACTOR_START_S
 
-        return EXPECTED_ACTOR_START_S
-    if cfg.engine != "vllm":
-        return 0.0
-    from uellm_cli.engine.vllm_settings import EXPECTED_START_S
+        return load + EXPECTED_ACTOR_START_S
+    if engine == "vllm":
+        from uellm_cli.engine.vllm_settings import EXPECTED_START_S
 
-    return EXPECTED_START_S
+        return load + EXPECTED_START_S
+    return load
 
 
 def _apply_on_miss(cfg: RunConfig, plan: Plan, todo: dict[int, PreparedRow]) -> dict[int, RowResult]:
@@ -462,8 +466,6 @@ class _Replanner:
 
     def _renumber(self, plan: Plan) -> None:
         """Batch numbers stay unique across replans (results and the Gantt chart use them)."""
-        from dataclasses import replace
-
         base = self.next_batch
         plan.batches = [replace(b, batch=b.batch + base) for b in plan.batches]
         plan.forecast = {i: replace(f, batch=f.batch + base) for i, f in plan.forecast.items()}

@@ -51,12 +51,14 @@ def _ray_args(address: str) -> tuple[str, ...]:
     return ("--backend", "ray", "--ray-address", address, "--replicas", "2")
 
 
-def _assert_every_row_once(out: Path, ref) -> None:
+def _assert_rows_once(out: Path, expected: list[dict]) -> None:
+    """The results equal `expected` (ids, text, tokens) in input order, and the log holds each
+    row exactly once."""
     rows = results(out)
-    assert [r["row"] for r in rows] == list(range(N_ROWS))
-    assert project(rows) == project(ref.rows)
+    assert [r["row"] for r in rows] == list(range(len(expected)))
+    assert project(rows) == project(expected)
     counts = Counter(r["index"] for r in log_records(out))
-    assert set(counts) == set(range(N_ROWS)) and set(counts.values()) == {1}, counts
+    assert set(counts) == set(range(len(expected))) and set(counts.values()) == {1}, counts
 
 
 def test_two_cpu_replicas_give_the_local_results(ray_address, ref, tmp_path):
@@ -65,7 +67,7 @@ def test_two_cpu_replicas_give_the_local_results(ray_address, ref, tmp_path):
               *_ray_args(ray_address))
     assert res.code == 0, res.stderr
     assert_no_traceback(res.stderr)
-    _assert_every_row_once(out, ref)
+    _assert_rows_once(out, ref.rows)
     rows = results(out)
     assert {r["replica"] for r in rows} == {0, 1}  # both replicas ran batches
     assert [r["team"] for r in rows] == [r["team"] for r in ref.rows]  # passthrough joins back
@@ -133,12 +135,6 @@ def _long_job(ref, tmp_path: Path, rows: int) -> tuple[dict, list[dict]]:
     return options, results(tmp_path / "local")
 
 
-def _assert_same_rows_once(out: Path, local: list[dict]) -> None:
-    assert project(results(out)) == project(local)
-    counts = Counter(r["index"] for r in log_records(out))
-    assert set(counts) == set(range(len(local))) and set(counts.values()) == {1}, counts
-
-
 def test_an_actor_killed_mid_run_loses_and_duplicates_nothing(ray_address, ref, tmp_path):
     """A kill may land as a batch ends (then nothing is lost, and nothing is tested): up to
     three runs, each checked in full against a local run, until one loses a batch to it."""
@@ -157,7 +153,7 @@ def test_an_actor_killed_mid_run_loses_and_duplicates_nothing(ray_address, ref, 
             killer.stop()
         assert killer.killed is not None
         assert outcome.exit_code == 0 and outcome.rows_ok == len(local)
-        _assert_same_rows_once(out, local)
+        _assert_rows_once(out, local)
         notes = json.loads((out / "report.json").read_text())["plan"]["notes"]
         if any("lost with their replica and run again elsewhere" in n for n in notes):
             lost = True
@@ -188,7 +184,7 @@ def test_an_interrupted_ray_run_resumes(ray_address, ref, tmp_path):
     assert 0 < done < N_ROWS
     outcome = run_job(_config(ref, out, resume=True))
     assert outcome.exit_code == 0
-    _assert_every_row_once(out, ref)
+    _assert_rows_once(out, ref.rows)
 
 
 def test_a_killed_driver_resumes_on_ray(ray_address, ref, tmp_path):
@@ -203,7 +199,7 @@ def test_a_killed_driver_resumes_on_ray(ray_address, ref, tmp_path):
     res = run(ref.job, out, model, tmp_path / "home", *_ray_args(ray_address), "--resume")
     assert res.code == 0, res.stderr
     assert_no_traceback(res.stderr)
-    _assert_every_row_once(out, ref)
+    _assert_rows_once(out, ref.rows)
     assert (out / LOG).exists()
 
 
@@ -253,4 +249,4 @@ def test_ctrl_c_lets_the_ray_batches_in_flight_finish_then_resumes(ray_address, 
     assert _replica_actors() == []
     res = run(options["job"], out, model, home, *_ray_args(ray_address), options=run_options)
     assert res.code == 0, res.stderr
-    _assert_same_rows_once(out, local)
+    _assert_rows_once(out, local)

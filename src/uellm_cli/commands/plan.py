@@ -64,15 +64,9 @@ def plan_command(
     elif baselines:
         extra, note = _accelerate(source, profile, the_cluster)
         notes += [note] if note else []
-    start = 0.5 + profile.weight_bytes / 1e9  # loading at ~1 GB/s comes first on the run clock
-    if engine == "vllm":
-        from uellm_cli.engine.vllm_settings import EXPECTED_START_S
+    from uellm_cli.runner import expected_startup_s
 
-        start += EXPECTED_START_S
-    if backend == "ray":
-        from uellm_cli.ray_backend import EXPECTED_ACTOR_START_S
-
-        start += EXPECTED_ACTOR_START_S
+    start = expected_startup_s(profile, engine, backend)  # loading comes first on the run clock
     calibrations = load_calibrations(engine)
     if ray_cluster is not None:
         calibrations = ray_cluster.with_slot_calibrations(calibrations)
@@ -93,12 +87,9 @@ def plan_command(
 
 
 def _ray_cluster(address: str | None, replicas: int | None):
-    """The cluster a Ray cluster reports now (connects, reads ray.nodes(), disconnects)."""
+    """The cluster a Ray cluster reports now (connects, reads ray.nodes(), disconnects).
+    RayBackend refuses a missing Ray or a dead address in one line."""
     from uellm_cli.profile.hardware import detect_cpu
-    from uellm_cli.ray_backend import check_reachable, require_ray
-
-    require_ray()
-    check_reachable(address)
     from uellm_cli.ray_backend.driver import RayBackend
 
     with RayBackend(address) as backend:

@@ -46,10 +46,8 @@ QUIET_ENV = {
 
 def require_vllm() -> None:
     """Fail fast, without importing vLLM (slow), when it is not installed."""
-    import importlib.util
-
-    if importlib.util.find_spec("vllm") is None:
-        raise MissingExtraError(f"--engine vllm needs vLLM, which is not installed: {INSTALL_HINT}")
+    MissingExtraError.unless_installed(
+        "vllm", f"--engine vllm needs vLLM, which is not installed: {INSTALL_HINT}")
 
 
 def import_vllm():

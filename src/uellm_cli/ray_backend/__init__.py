@@ -21,14 +21,8 @@ INSTALL_HINT = "pip install 'uellm-cli[ray]' (on every node of the cluster)"
 
 def require_ray() -> None:
     """Fail fast, without importing Ray (slow), when it is not installed."""
-    import importlib.util
-
-    try:
-        missing = importlib.util.find_spec("ray") is None
-    except ValueError:  # sys.modules["ray"] is None: imports of it are blocked
-        missing = True
-    if missing:
-        raise MissingExtraError(f"--backend ray needs Ray, which is not installed: {INSTALL_HINT}")
+    MissingExtraError.unless_installed(
+        "ray", f"--backend ray needs Ray, which is not installed: {INSTALL_HINT}")
 
 
 def check_reachable(address: str | None, timeout_s: float = CONNECT_TIMEOUT_S) -> None:

@@ -54,7 +54,6 @@ class RayBackend:
         self.max_restarts = max_restarts
         self.started_here = False  # ray.init was called here (else: a caller's connection)
         self.actors: dict[int, object] = {}
-        self.placements: dict[int, object] = {}
         self.notes: list[str] = []
         self.tag = uuid.uuid4().hex[:8]  # actor names: uellm-<tag>-replica-<i>
 
@@ -92,8 +91,8 @@ class RayBackend:
                                   address=self.address)
 
     def start(self, spec_for: Callable[[Replica, object], WorkerSpec], plan: Plan,
-              ray_cluster: RayCluster) -> float:
-        """One actor per replica, pinned to its node; returns seconds until all are loaded.
+              ray_cluster: RayCluster) -> None:
+        """One actor per replica, pinned to its node; returns when all are loaded.
         A replica that fails to load is dropped (noted); none at all is ReplicaStartError."""
         import ray
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
@@ -110,7 +109,6 @@ class RayBackend:
                 max_restarts=self.max_restarts, max_task_retries=0,
             ).remote(spec_for(replica, place))
             self.actors[replica.index] = actor
-            self.placements[replica.index] = place
             ready[actor.ready.remote()] = replica.index
         failures: dict[int, str] = {}
         pending = list(ready)
@@ -131,7 +129,6 @@ class RayBackend:
         if not self.actors:
             first = next(iter(sorted(failures.items())))[1]
             raise ReplicaStartError(f"no replica started on the Ray cluster: {first}")
-        return time.perf_counter() - start
 
     def run(self, plan: Plan, rows: dict[int, PreparedRow], on_batch: BatchCallback, *,
             clock: Callable[[], float], stop: threading.Event, fail_fast: bool = False) -> DispatchStats:
@@ -165,12 +162,7 @@ class RayPool:
 
     def wait(self, handles: list[object]) -> tuple[object, str, object]:
         import ray
-        from ray.exceptions import (
-            ActorDiedError,
-            ActorUnavailableError,
-            RayActorError,
-            RayTaskError,
-        )
+        from ray.exceptions import RayActorError, RayTaskError
 
         while True:
             done, _ = ray.wait(handles, num_returns=1, timeout=WAIT_SLICE_S)
@@ -180,7 +172,7 @@ class RayPool:
         replica = self._replica_of.pop(ref)
         try:
             return ref, OK, ray.get(ref)
-        except (ActorUnavailableError, ActorDiedError, RayActorError) as exc:
+        except RayActorError as exc:  # ActorDiedError, ActorUnavailableError (restarting)
             # Counted rather than read from the exception type: whether Ray restarts an actor
             # shows only in the next call, and a dead one fails that call at once.
             self.losses[replica] += 1
