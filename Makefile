@@ -33,14 +33,18 @@ demo: model
 	$(UELLM) run sample_jobs/demo.jsonl --out runs/demo --force; \
 	  status=$$?; if [ $$status -ne 0 ] && [ $$status -ne 3 ]; then exit $$status; fi
 
+# The layering contract first (a second or two), then the suite.
 test: setup-test
+	$(VENV)/bin/lint-imports
 	OMP_NUM_THREADS=1 $(PY) -m pytest
 
 bench: setup
 	$(PY) bench/run.py --smoke
 
+# ruff, and the layering contract of docs/architecture.md (import-linter, pyproject.toml)
 lint: setup-test
 	$(VENV)/bin/ruff check src tests bench
+	$(VENV)/bin/lint-imports
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -15,13 +15,13 @@ import random
 import statistics
 import time
 
+from uellm_cli.plan.costmodel import CostModel
 from uellm_cli.plan.deployer import PlacementSearch
 from uellm_cli.plan.planner import make_plan
 from uellm_cli.plan.scheduler import SCHEDULERS
 from uellm_cli.plan.types import Query
-from uellm_cli.profile.costmodel import CostModel
-from uellm_cli.profile.hardware import Cluster, Device, Link
-from uellm_cli.profile.model import ModelProfile
+from uellm_cli.profile.devices import Cluster, Device, Link
+from uellm_cli.profile.model_profile import ModelProfile
 
 
 def llama(layers: int, hidden: int, heads: int, kv_heads: int, inter: int, vocab: int = 32000) -> ModelProfile:

@@ -17,7 +17,7 @@ Generation is resumable: rows already in --out are skipped. `--fit` (no model ne
 MAE / bucket accuracy / Kendall tau of cap, prompt and fitted on the test split, with a paired
 bootstrap of fitted - prompt. `--cv` reads the train split only: repeated 5-fold CV in which the
 `prompt` coefficients are refitted on each training fold's reference lengths (so the prior is
-out-of-fold, as it is on the test split), over length_fit.TWO_PART_GRID; it prints every
+out-of-fold, as it is on the test split), over length_two_part.TWO_PART_GRID; it prints every
 candidate and the chosen one (SHIPPED_CONFIG below is what it chose).
 """
 
@@ -216,8 +216,8 @@ def cross_validate(out: Path, repeats: int = 5, folds: int = 5) -> dict:
 
 
 def fit_and_report(out: Path) -> None:
-    from uellm_cli.profile.length_fit import TwoPartConfig
     from uellm_cli.profile.length_io import read_length_records
+    from uellm_cli.profile.length_two_part import TwoPartConfig
     from uellm_cli.profile.lengths import (
         PROMPT_MODEL,
         CapPredictor,

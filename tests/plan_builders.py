@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from uellm_cli.plan.types import Query
-from uellm_cli.profile.hardware import Cluster, Device, Link
-from uellm_cli.profile.model import ModelProfile
+from uellm_cli.profile.devices import Cluster, Device, Link
+from uellm_cli.profile.model_profile import ModelProfile
 
 GB = 10**9
 

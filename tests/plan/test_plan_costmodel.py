@@ -7,10 +7,10 @@ import math
 import pytest
 from plan_builders import cluster, gpu, llama_like
 
-from uellm_cli.plan.deployer import make_replica
+from uellm_cli.plan.costmodel import CostModel, _sum_max_lines
+from uellm_cli.plan.replicas import make_replica
 from uellm_cli.profile.calibration import Calibration
-from uellm_cli.profile.costmodel import CostModel, _sum_max_lines
-from uellm_cli.profile.hardware import Device, Link
+from uellm_cli.profile.devices import Device, Link
 
 
 def _loop_time(cost: CostModel, replica, b: int, n: int, new: int) -> float:

@@ -9,9 +9,10 @@ import pytest
 from plan_builders import GB, cluster, gpu, llama_like
 
 from uellm_cli.errors import DoesNotFitError
-from uellm_cli.plan.deployer import MEM_FRACTION, PlacementSearch, deploy, make_replica
-from uellm_cli.profile.costmodel import CostModel
-from uellm_cli.profile.hardware import Link
+from uellm_cli.plan.costmodel import CostModel
+from uellm_cli.plan.deployer import PlacementSearch, deploy
+from uellm_cli.plan.replicas import MEM_FRACTION, make_replica
+from uellm_cli.profile.devices import Link
 
 REF_B, REF_CTX = 4, 300
 

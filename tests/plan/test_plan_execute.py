@@ -9,8 +9,9 @@ import textwrap
 import pytest
 from plan_builders import GB, cluster, gpu, llama_like
 
-from uellm_cli.plan.deployer import MEM_FRACTION, deploy
-from uellm_cli.profile.costmodel import CostModel
+from uellm_cli.plan.costmodel import CostModel
+from uellm_cli.plan.deployer import deploy
+from uellm_cli.plan.replicas import MEM_FRACTION
 
 
 def _profile_of(cfg, dtype_bytes=4):
@@ -70,7 +71,7 @@ def _tiny_meta(tied: bool):
 
 @pytest.mark.parametrize("tied", [False, True])
 def test_accelerate_baselines_become_stages_the_cost_model_judges(tied):
-    from uellm_cli.plan.accelerate_baselines import accelerate_deployments
+    from uellm_cli.engine.accelerate_maps import accelerate_deployments
 
     meta, cfg = _tiny_meta(tied)
     profile = _profile_of(cfg)
@@ -89,7 +90,7 @@ def test_accelerate_baselines_become_stages_the_cost_model_judges(tied):
 
 
 def test_a_model_too_big_for_the_devices_gives_no_accelerate_baseline():
-    from uellm_cli.plan.accelerate_baselines import accelerate_deployments
+    from uellm_cli.engine.accelerate_maps import accelerate_deployments
 
     meta, cfg = _tiny_meta(False)
     profile = _profile_of(cfg)
@@ -102,12 +103,12 @@ def test_planner_modules_import_without_torch():
         import sys
         sys.modules["torch"] = None  # any `import torch` now raises ImportError
         import uellm_cli.plan.types, uellm_cli.plan.scheduler, uellm_cli.plan.deployer
-        import uellm_cli.plan.simulate, uellm_cli.plan.planner, uellm_cli.profile.costmodel
-        import uellm_cli.plan.accelerate_baselines, uellm_cli.commands.plan
+        import uellm_cli.plan.simulate, uellm_cli.plan.planner, uellm_cli.plan.costmodel
+        import uellm_cli.engine.accelerate_maps, uellm_cli.commands.plan
         from uellm_cli.plan.planner import make_plan
         from uellm_cli.plan.types import Query
-        from uellm_cli.profile.hardware import Cluster, Device
-        from uellm_cli.profile.model import ModelProfile
+        from uellm_cli.profile.devices import Cluster, Device
+        from uellm_cli.profile.model_profile import ModelProfile
         m = ModelProfile("m", "LlamaForCausalLM", "float16", 2, 4, 64, 4, 4, 16, 100, 512,
                          10**6, 10**5, 10**5, 4096, 1e7, 1e3, 128)
         cl = Cluster([Device("cuda:0", "g", "gpu", 10**9, 1e13, 1e11)])

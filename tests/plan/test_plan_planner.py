@@ -9,8 +9,8 @@ import pytest
 from plan_builders import cluster, gpu, llama_like, query
 
 from uellm_cli.errors import ConfigError, DoesNotFitError
-from uellm_cli.plan.deployer import make_replica
 from uellm_cli.plan.planner import MAKESPAN_TOL, make_plan, plan_to_dict
+from uellm_cli.plan.replicas import make_replica
 from uellm_cli.plan.types import Deployment, Replica
 
 MODEL = llama_like()

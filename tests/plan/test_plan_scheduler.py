@@ -10,10 +10,10 @@ from hypothesis import strategies as st
 from plan_builders import cluster, gpu, llama_like, query
 
 from uellm_cli.errors import ConfigError
-from uellm_cli.plan.deployer import make_replica
+from uellm_cli.plan.costmodel import CostModel
+from uellm_cli.plan.replicas import make_replica
 from uellm_cli.plan.scheduler import SCHEDULERS, SloOdbsPaper, edf_key, schedule
 from uellm_cli.plan.types import Replica
-from uellm_cli.profile.costmodel import CostModel
 
 MODEL = llama_like()
 CL = cluster([gpu(0), gpu(1)])

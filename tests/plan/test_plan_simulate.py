@@ -7,7 +7,7 @@ import random
 import pytest
 from plan_builders import cluster, gpu, llama_like, query
 
-from uellm_cli.plan.deployer import make_replica
+from uellm_cli.plan.replicas import make_replica
 from uellm_cli.plan.scheduler import SCHEDULERS, schedule
 from uellm_cli.plan.simulate import batch_shape, forecast_metrics, forecast_rows, place_in_order
 from uellm_cli.plan.types import PlannedBatch, RowForecast
@@ -16,7 +16,7 @@ MODEL = llama_like()
 CL = cluster([gpu(0), gpu(1, tflops=20, bw_gbs=300), gpu(2, tflops=150, bw_gbs=2000)])
 
 def _setup():
-    from uellm_cli.profile.costmodel import CostModel
+    from uellm_cli.plan.costmodel import CostModel
 
     cost = CostModel(MODEL, CL)
     reps = [make_replica(i, MODEL, CL, [f"cuda:{i}"], [MODEL.num_layers]) for i in range(3)]

@@ -9,9 +9,9 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
+from uellm_cli.engine.calibrate import calibrate
 from uellm_cli.errors import ConfigError
 from uellm_cli.profile.calibrate import (
-    calibrate,
     fit,
     load_calibrations,
     nnls,

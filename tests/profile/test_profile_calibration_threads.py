@@ -9,8 +9,13 @@ import pytest
 
 from uellm_cli.config import RunConfig
 from uellm_cli.profile.calibration import Calibration
-from uellm_cli.profile.hardware import Cluster, Device
-from uellm_cli.runner import _for_run_threads
+from uellm_cli.profile.devices import Cluster, Device
+from uellm_cli.run.planning import for_cpu_threads
+
+
+def _for_run_threads(cfg: RunConfig, cluster: Cluster, cals: dict) -> dict:
+    """The calibrations a run with cfg.threads threads plans with."""
+    return for_cpu_threads(cals, cluster, cfg.threads)
 
 
 def _cal(threads: int | None) -> Calibration:

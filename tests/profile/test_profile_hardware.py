@@ -11,11 +11,9 @@ import pytest
 
 from uellm_cli.errors import ConfigError
 from uellm_cli.profile import catalogue as cat
+from uellm_cli.profile.devices import Cluster, Device, Link
 from uellm_cli.profile.hardware import (
     NO_GPU_NOTE,
-    Cluster,
-    Device,
-    Link,
     cluster_from_dict,
     cluster_to_dict,
     detect_cluster,

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from uellm_cli.commands.lengths import register_lengths
 from uellm_cli.errors import ConfigError, InputError
 from uellm_cli.profile import length_features as lf
-from uellm_cli.profile import length_fit as LF
+from uellm_cli.profile import length_two_part as LF
 from uellm_cli.profile import lengths as L
 from uellm_cli.profile.length_fit import km_quantile
 from uellm_cli.profile.length_io import read_length_records
@@ -408,7 +408,7 @@ def test_cli_trains_from_the_history_database():
 
 
 def test_store_messages_are_joined_like_the_runner_does():
-    from uellm_cli.profile.length_io import _store_text
+    from uellm_cli.store import stored_prompt_text as _store_text
 
     assert _store_text('[{"role": "user", "content": "hi"}, {"role": "user", "content": "yo"}]') == "hi\nyo"
     assert _store_text("[not json]") == "[not json]"

@@ -11,14 +11,12 @@ import pytest
 from uellm_cli.errors import ConfigError, ModelNotFoundError
 from uellm_cli.profile.aliases import ALIASES, alias_names
 from uellm_cli.profile.hardware import parse_cluster_spec
-from uellm_cli.profile.model import (
-    build_meta_model,
-    load_model_profile,
+from uellm_cli.profile.model import build_meta_model, load_model_profile, profile_from_config
+from uellm_cli.profile.model_profile import (
     model_profile_from_dict,
     model_profile_to_dict,
     normalize_dtype,
     planning_dtype,
-    profile_from_config,
 )
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 
-from uellm_cli.engine.results import BatchRecord
+from uellm_cli.jobs.results import BatchRecord
 from uellm_cli.profile.calibrate import load_calibrations
 from uellm_cli.profile.calibration import Calibration
 from uellm_cli.profile.run_calibration import features, observations_path, record_batches

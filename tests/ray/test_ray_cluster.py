@@ -15,7 +15,7 @@ from uellm_cli.plan.planner import make_plan
 from uellm_cli.plan.types import Replica, Stage
 from uellm_cli.profile import catalogue as cat
 from uellm_cli.profile.calibration import Calibration
-from uellm_cli.profile.hardware import Device
+from uellm_cli.profile.devices import Device
 from uellm_cli.ray_backend import require_ray
 from uellm_cli.ray_backend.cluster import (
     CPUS_PER_GPU_REPLICA,

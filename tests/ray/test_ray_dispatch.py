@@ -10,9 +10,9 @@ from dataclasses import dataclass
 
 import pytest
 
-from uellm_cli.engine.executor import PreparedRow
-from uellm_cli.engine.results import BatchRecord, RowResult
+from uellm_cli.engine.rows import PreparedRow
 from uellm_cli.errors import ReplicasLostError
+from uellm_cli.jobs.results import BatchRecord, RowResult
 from uellm_cli.jobs.schema import Row
 from uellm_cli.plan.types import Deployment, Plan, PlannedBatch, Replica
 from uellm_cli.ray_backend.dispatch import DEAD, FAILED, LOST, OK, dispatch

@@ -29,7 +29,7 @@ from proc_helpers import (
     wait_for,
 )
 
-from uellm_cli.runner import RunObserver
+from uellm_cli.run.observer import RunObserver
 
 pytestmark = pytest.mark.ray
 ray = pytest.importorskip("ray")
@@ -126,7 +126,7 @@ def _long_job(ref, tmp_path: Path, rows: int) -> tuple[dict, list[dict]]:
     from proc_helpers import write_job
 
     from uellm_cli.config import RunConfig
-    from uellm_cli.runner import run_job
+    from uellm_cli.run.pipeline import run_job
 
     job = write_job(tmp_path / "long.jsonl", n=rows, seed=1)
     options = dict(job=job, model=manifest(ref.out)["model"]["path"], max_batch_size=LONG_BATCH,
@@ -139,7 +139,7 @@ def test_an_actor_killed_mid_run_loses_and_duplicates_nothing(ray_address, ref, 
     """A kill may land as a batch ends (then nothing is lost, and nothing is tested): up to
     three runs, each checked in full against a local run, until one loses a batch to it."""
     from uellm_cli.config import RunConfig
-    from uellm_cli.runner import run_job
+    from uellm_cli.run.pipeline import run_job
 
     options, local = _long_job(ref, tmp_path, 16)
     lost = False
@@ -174,7 +174,7 @@ class _StopAfter(RunObserver):
 
 
 def test_an_interrupted_ray_run_resumes(ray_address, ref, tmp_path):
-    from uellm_cli.runner import run_job
+    from uellm_cli.run.pipeline import run_job
 
     out = tmp_path / "out"
     with pytest.raises(KeyboardInterrupt):

@@ -9,8 +9,9 @@ from dataclasses import replace
 
 import pytest
 
-from uellm_cli.engine.executor import Executor, PreparedRow
+from uellm_cli.engine.executor import Executor
 from uellm_cli.engine.hf_engine import HFEngine
+from uellm_cli.engine.loader import LoadOptions
 from uellm_cli.engine.models import (
     ResolvedModel,
     folder_revision,
@@ -18,6 +19,7 @@ from uellm_cli.engine.models import (
     load_tokenizer,
     resolve_model,
 )
+from uellm_cli.engine.rows import PreparedRow
 from uellm_cli.errors import ModelNotFoundError
 from uellm_cli.jobs.schema import Row
 from uellm_cli.plan.types import PlannedBatch
@@ -28,8 +30,8 @@ PROMPTS = ["What is the capital of France?", "Write a short poem about the sea."
 
 
 def spec_for(model: str, resolved: ResolvedModel, replica: int = 3) -> WorkerSpec:
-    return WorkerSpec(replica=replica, model=model, resolved=resolved, device_map=None, dtype=None,
-                      trust_remote_code=False, raw_prompt=False, threads=1, fail_fast=False)
+    return WorkerSpec(replica=replica, model=model, resolved=resolved, device_map=None,
+                      load=LoadOptions(threads=1), fail_fast=False)
 
 
 def prepared_rows(resolved: ResolvedModel) -> list[PreparedRow]:

@@ -10,8 +10,8 @@ from typer.testing import CliRunner
 
 from uellm_cli import store
 from uellm_cli.commands import history, report
-from uellm_cli.engine.results import BatchRecord, RowResult
 from uellm_cli.errors import InputError
+from uellm_cli.jobs.results import BatchRecord, RowResult
 from uellm_cli.report.metrics import summarize
 from uellm_cli.report.rundir import write_reports
 
@@ -72,8 +72,8 @@ def test_history_list_and_show(app):
     rows, batches = _results()
     m = summarize(rows, batches)
     for i, job in enumerate(["nightly", "weekly", "nightly"]):
-        store.record_run(metrics=m, records=rows, run_id=f"run-{i}", job_path=f"{job}.jsonl", model="tiny",
-                         started_at=f"2024-02-0{i + 1}T03:00:00")
+        store.record_run(store.RunRecord(metrics=m, results=rows, run_id=f"run-{i}", job_path=f"{job}.jsonl",
+                                         model="tiny", started_at=f"2024-02-0{i + 1}T03:00:00"))
     runner = CliRunner()
 
     res = runner.invoke(app, ["history", "--json"])

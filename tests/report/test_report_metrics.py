@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from uellm_cli.engine.results import BatchRecord, RowResult
+from uellm_cli.jobs.results import BatchRecord, RowResult
 from uellm_cli.plan.types import Deployment, Plan, PlannedBatch, RowForecast
 from uellm_cli.report import metrics as M
 

@@ -8,9 +8,10 @@ import re
 import pytest
 from rich.console import Console
 
-from uellm_cli.engine.results import BatchRecord, RowResult
+from uellm_cli.jobs.results import BatchRecord, RowResult
 from uellm_cli.report.metrics import summarize
-from uellm_cli.report.render import terminal_summary, write_report_html, write_report_json
+from uellm_cli.report.render import terminal_summary, write_report_json
+from uellm_cli.report.render_html import write_report_html
 from uellm_cli.report.rundir import load_run, rerender, write_reports
 
 SECTIONS = ("summary", "forecast", "timeline", "latency", "latency-cdf", "predictor", "replicas",

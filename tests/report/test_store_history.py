@@ -7,8 +7,8 @@ import sqlite3
 import pytest
 
 from uellm_cli import paths, store
-from uellm_cli.engine.results import BatchRecord, RowResult
 from uellm_cli.errors import UellmError
+from uellm_cli.jobs.results import BatchRecord, RowResult
 from uellm_cli.jobs.schema import Row
 from uellm_cli.report.metrics import summarize
 
@@ -87,10 +87,10 @@ def _run(n_ok=2):
 
 def test_record_run_round_trip():
     results, rows, m = _run()
-    rid = store.record_run(metrics=m, records=results, rows=rows, job_path="/jobs/nightly.jsonl",
-                           fingerprint="abc", model="tiny-llama", options={"slo": 5.0}, versions={"uellm": "0.1"},
-                           out_dir="/tmp/out", started_at="2024-05-01T01:00:00+00:00",
-                           finished_at="2024-05-01T01:10:00+00:00")
+    rid = store.record_run(store.RunRecord(
+        metrics=m, results=results, rows=rows, job_path="/jobs/nightly.jsonl", fingerprint="abc",
+        model="tiny-llama", options={"slo": 5.0}, versions={"uellm": "0.1"}, out_dir="/tmp/out",
+        started_at="2024-05-01T01:00:00+00:00", finished_at="2024-05-01T01:10:00+00:00"))
     run = store.get_run(rid)
     assert run["job_name"] == "nightly" and run["job_fingerprint"] == "abc" and run["model"] == "tiny-llama"
     assert run["options"] == {"slo": 5.0} and run["versions"] == {"uellm": "0.1"}
@@ -107,23 +107,24 @@ def test_record_run_round_trip():
     assert detail[1]["output_tokens"] == 11 and detail[1]["predicted_output_tokens"] == 12
 
 
-def test_record_run_accepts_result_dicts_and_prompts():
+def test_record_run_takes_prompts_by_index_and_replaces_a_run_recorded_again():
     results, _, m = _run(1)
-    records = [r.to_record() | {"index": r.index} for r in results]
-    rid = store.record_run(metrics=m, records=records, prompts={0: "hello"}, run_id="r-1", job_path="a.jsonl")
+    records = results
+    rid = store.record_run(store.RunRecord(metrics=m, results=records, prompts={0: "hello"},
+                                           run_id="r-1", job_path="a.jsonl"))
     assert rid == "r-1"
     detail = store.get_run("r-1")["rows_detail"]
     assert [(r["row_id"], r["prompt_text"], r["status"]) for r in detail] == [("q0", "hello", "ok"), ("q1", None, "error")]
     # recording the same run id again replaces it (resume)
-    store.record_run(metrics=m, records=records[:1], run_id="r-1", job_path="a.jsonl")
+    store.record_run(store.RunRecord(metrics=m, results=records[:1], run_id="r-1", job_path="a.jsonl"))
     assert len(store.get_run("r-1")["rows_detail"]) == 1
 
 
 def test_list_runs_filters_newest_first_and_limits():
     _, _, m = _run()
     for i, job in enumerate(["a", "b", "a", "a"]):
-        store.record_run(metrics=m, records=[], run_id=f"run{i}", job_path=f"/x/{job}.jsonl",
-                         started_at=f"2024-01-0{i + 1}T00:00:00")
+        store.record_run(store.RunRecord(metrics=m, results=[], run_id=f"run{i}",
+                                         job_path=f"/x/{job}.jsonl", started_at=f"2024-01-0{i + 1}T00:00:00"))
     assert [r["run_id"] for r in store.list_runs()] == ["run3", "run2", "run1", "run0"]
     assert [r["run_id"] for r in store.list_runs(job="a", limit=2)] == ["run3", "run2"]
     assert [r["run_id"] for r in store.list_runs(job="/x/b.jsonl")] == ["run1"]
@@ -131,8 +132,8 @@ def test_list_runs_filters_newest_first_and_limits():
 
 def test_get_run_by_prefix_and_errors():
     _, _, m = _run()
-    store.record_run(metrics=m, records=[], run_id="abc-1")
-    store.record_run(metrics=m, records=[], run_id="abd-2")
+    store.record_run(store.RunRecord(metrics=m, results=[], run_id="abc-1"))
+    store.record_run(store.RunRecord(metrics=m, results=[], run_id="abd-2"))
     assert store.get_run("abc")["run_id"] == "abc-1"
     with pytest.raises(store.HistoryError, match="ambiguous"):
         store.get_run("ab")
@@ -142,8 +143,8 @@ def test_get_run_by_prefix_and_errors():
 
 def test_iter_rows_for_predictor_training():
     results, rows, m = _run()
-    store.record_run(metrics=m, records=results, rows=rows, model="tiny-llama", run_id="t1")
-    store.record_run(metrics=m, records=results, rows=rows, model="other", run_id="t2")
+    store.record_run(store.RunRecord(metrics=m, results=results, rows=rows, model="tiny-llama", run_id="t1"))
+    store.record_run(store.RunRecord(metrics=m, results=results, rows=rows, model="other", run_id="t2"))
     got = list(store.iter_rows(model="tiny-llama"))
     assert [(r["row_id"], r["output_tokens"], r["max_new_tokens"]) for r in got] == [("q0", 10, 64), ("q1", 11, 64)]
     assert got[1]["prompt_text"] == "prompt 1"

@@ -32,7 +32,7 @@ def history_list(
     from rich.table import Table
 
     from uellm_cli import store
-    from uellm_cli.report.render import fmt_pct, fmt_rate, fmt_s
+    from uellm_cli.report.formats import fmt_pct, fmt_rate, fmt_s
 
     runs = store.list_runs(job=job, limit=limit)
     if json_:
@@ -60,8 +60,9 @@ def history_show(
     from rich.table import Table
 
     from uellm_cli import store
+    from uellm_cli.report.formats import fmt_s
     from uellm_cli.report.metrics import RunMetrics
-    from uellm_cli.report.render import fmt_s, terminal_summary
+    from uellm_cli.report.render import terminal_summary
 
     run = store.get_run(run_id)
     if json_:

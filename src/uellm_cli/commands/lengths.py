@@ -16,6 +16,7 @@ from typing import Annotated
 import typer
 
 from uellm_cli.commands.common import console
+from uellm_cli.config import DEFAULT_MODEL
 from uellm_cli.errors import ConfigError
 
 
@@ -51,11 +52,12 @@ def lengths(
     split: Annotated[str | None, typer.Option(
         "--split", help="Keep only rows whose `split` column equals this (e.g. test).")] = None,
     model: Annotated[str | None, typer.Option(
-        "--model", "-m", help="Served model the lengths belong to (default for --eval: smollm2-135m).")] = None,
+        "--model", "-m", help=f"Served model the lengths belong to (default for --eval: {DEFAULT_MODEL}).")] = None,
     json_: Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout.")] = False,
 ) -> None:
     """Train the `history` output-length predictor of a model, or compare the predictors
     (MAE, power-of-two bucket accuracy, Kendall tau) on rows with known output lengths."""
+    from uellm_cli import store
     from uellm_cli.profile import length_io
     from uellm_cli.profile import lengths as L
 
@@ -66,7 +68,7 @@ def lengths(
     doc: dict = {}
     if train is not None or from_history:
         records = (length_io.read_length_records(train, job) if train is not None
-                   else length_io.records_from_store(model))
+                   else store.length_records(model))
         pred, _ = L.train_from_records(records, model_name=model, save=False)
         pred.source = str(train) if train is not None else "history database"
         path = L.save_predictor(pred)
@@ -78,7 +80,7 @@ def lengths(
         if eval_file is not None and Path(eval_file).resolve() == Path(train).resolve():
             console.print("[yellow]warning:[/yellow] evaluating on the training rows flatters `history`")
     if eval_file is not None:
-        model_name = model or L.DEFAULT_MODEL
+        model_name = model or DEFAULT_MODEL
         preds = {"cap": L.CapPredictor(), "prompt": L.PromptPredictor()}
         if L.predictor_path(model_name).exists():
             preds["history"] = L.load_predictor_file(L.predictor_path(model_name))
@@ -90,7 +92,7 @@ def lengths(
         console.print(_eval_table(result, f"output-length predictors on {eval_file}"
                                   + (f" ({split})" if split else "")))
     if not doc:
-        model_name = model or L.DEFAULT_MODEL
+        model_name = model or DEFAULT_MODEL
         own = L.predictor_path(model_name)
         doc["predictors"] = sorted(L.PREDICTORS)
         doc["history"] = str(own) if own.exists() else None

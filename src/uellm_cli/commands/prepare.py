@@ -8,10 +8,11 @@ from typing import Annotated
 import typer
 
 from uellm_cli.commands.common import console
+from uellm_cli.config import DEFAULT_MODEL
 
 
 def prepare_command(
-    model: Annotated[str, typer.Option("--model", "-m", help="HF folder, .gguf file, or alias.")] = "smollm2-135m",
+    model: Annotated[str, typer.Option("--model", "-m", help="HF folder, .gguf file, or alias.")] = DEFAULT_MODEL,
 ) -> None:
     """Make a model ready to load: converts a .gguf (or the default model's) once to the cache."""
     from uellm_cli.engine.models import resolve_model

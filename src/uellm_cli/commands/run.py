@@ -1,4 +1,4 @@
-"""`uellm run`: parse options, call runner.run_job, show progress and the summary."""
+"""`uellm run`: parse options, call run.pipeline.run_job, show progress and the summary."""
 
 from __future__ import annotations
 
@@ -10,7 +10,26 @@ from typing import Annotated
 import typer
 
 from uellm_cli.commands.common import console
-from uellm_cli.errors import UellmError
+from uellm_cli.commands.options import (
+    BackendOpt,
+    ClusterOpt,
+    DtypeOpt,
+    EngineOpt,
+    FormatOpt,
+    JobArg,
+    MaxBatchSizeOpt,
+    MaxNewTokensOpt,
+    ModelOpt,
+    OnMissOpt,
+    PolicyOpt,
+    PredictorOpt,
+    RawPromptOpt,
+    RayAddressOpt,
+    ReplicasOpt,
+    SloOpt,
+    ThreadsOpt,
+)
+from uellm_cli.config import DEFAULT_MODEL
 
 RUN_EPILOG = """Exit status: 0 every row ok and on time; 1 the run failed; 2 bad usage or a job
 file refused before any work; 3 finished, but some rows were rejected, failed or missed their
@@ -78,42 +97,42 @@ class ProgressObserver:
 
 
 def run_command(
-    job: Annotated[Path, typer.Argument(help="Job file: JSONL, Parquet, CSV or OpenAI batch JSONL.")],
+    job: JobArg,
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Output folder (default runs/<job name>).")] = None,
-    model: Annotated[str, typer.Option("--model", "-m", help="HF folder, .gguf file, or alias.")] = "smollm2-135m",
-    fmt: Annotated[str | None, typer.Option("--format", help="Input format: jsonl, parquet, csv, openai (default: by extension/content).")] = None,
+    model: ModelOpt = DEFAULT_MODEL,
+    fmt: FormatOpt = None,
     output_format: Annotated[str, typer.Option("--output-format", help="parquet, jsonl, or openai (OpenAI batch output JSONL).")] = "parquet",
-    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", help="Default generation budget per row.")] = 256,
-    slo: Annotated[float | None, typer.Option("--slo", help="Default deadline in seconds after the run starts.")] = None,
-    policy: Annotated[str, typer.Option("--policy", help="slo-odbs, fcfs, sjf, edf, slo-odbs-paper.")] = "slo-odbs",
-    predictor: Annotated[str, typer.Option("--predictor", help="Output-length predictor: cap, prompt, history.")] = "cap",
-    max_batch_size: Annotated[int | None, typer.Option("--max-batch-size", help="Upper bound on rows per batch.")] = None,
-    dtype: Annotated[str | None, typer.Option("--dtype", help="float32 (CPU default), bfloat16, float16.")] = None,
-    cluster: Annotated[str | None, typer.Option("--cluster", help="Plan for this cluster spec instead of the detected hardware.")] = None,
-    on_miss: Annotated[str, typer.Option("--on-miss", help="run (best effort) or skip rows forecast to miss their deadline.")] = "run",
-    raw_prompt: Annotated[bool, typer.Option("--raw-prompt", help="Do not apply the chat template to plain prompts.")] = False,
+    max_new_tokens: MaxNewTokensOpt = 256,
+    slo: SloOpt = None,
+    policy: PolicyOpt = "slo-odbs",
+    predictor: PredictorOpt = "cap",
+    max_batch_size: MaxBatchSizeOpt = None,
+    dtype: DtypeOpt = None,
+    cluster: ClusterOpt = None,
+    on_miss: OnMissOpt = "run",
+    raw_prompt: RawPromptOpt = False,
     trust_remote_code: Annotated[bool, typer.Option("--trust-remote-code", help="Allow model code from the model folder.")] = False,
     resume: Annotated[bool, typer.Option("--resume", help="Continue a run in --out (a plain rerun resumes too).")] = False,
     force: Annotated[bool, typer.Option("--force", help="Start over in --out even if it holds another run.")] = False,
     retry_errors: Annotated[bool, typer.Option("--retry-errors", help="Rerun rows that failed at execution.")] = False,
     fail_fast: Annotated[bool, typer.Option("--fail-fast", help="Stop at the first failed batch.")] = False,
     sample_interval: Annotated[float, typer.Option("--sample-interval", help="Seconds between utilisation samples.")] = 1.0,
-    threads: Annotated[int | None, typer.Option("--threads", help="CPU threads for generation (default: the idle cores, or OMP_NUM_THREADS).")] = None,
-    engine: Annotated[str, typer.Option("--engine", help="hf (transformers, static batches, follows HELR layer maps exactly) or vllm (continuous batching in the plan's order; pip install 'uellm-cli\\[vllm]').")] = "hf",
-    backend: Annotated[str, typer.Option("--backend", help="local (this machine) or ray (one Ray actor per replica; pip install 'uellm-cli\\[ray]').")] = "local",
-    ray_address: Annotated[str | None, typer.Option("--ray-address", help="Ray cluster to join: auto, or HOST:PORT (default: RAY_ADDRESS, else a local Ray).")] = None,
-    replicas: Annotated[int | None, typer.Option("--replicas", help="Run exactly this many model replicas (default: the planner's choice).")] = None,
+    threads: ThreadsOpt = None,
+    engine: EngineOpt = "hf",
+    backend: BackendOpt = "local",
+    ray_address: RayAddressOpt = None,
+    replicas: ReplicasOpt = None,
     no_history: Annotated[bool, typer.Option("--no-history", help="Do not record this run in the history database.")] = False,
     json_: Annotated[bool, typer.Option("--json", help="Print the report as JSON on stdout.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
     """Run a job file: validate, profile, plan, generate, and write results + report."""
     from uellm_cli.config import RunConfig
-    from uellm_cli.runner import run_job
+    from uellm_cli.run.pipeline import run_job
 
     started = time.perf_counter()
     cfg = RunConfig(
-        job=job, out=out or Path("runs") / job.stem, model=model, input_format=fmt,
+        job=job, out=out, model=model, input_format=fmt,
         output_format=output_format, max_new_tokens=max_new_tokens, slo_s=slo, policy=policy,
         predictor=predictor, max_batch_size=max_batch_size, dtype=dtype, cluster=cluster,
         on_miss=on_miss, raw_prompt=raw_prompt, trust_remote_code=trust_remote_code,
@@ -124,8 +143,6 @@ def run_command(
     observer = ProgressObserver(quiet=quiet or json_)
     try:
         outcome = run_job(cfg, observer=observer, clock_origin=started)
-    except UellmError:
-        raise
     finally:
         observer.close()
     _show(outcome, json_)

@@ -1,18 +1,17 @@
-"""The engine interface the executor talks to, and the data that crosses it.
+"""The engine interface the executors talk to, and the data that crosses it.
 
 Two ways to run rows, one per kind of engine:
 - a batch engine (`hf`) runs one static batch at a time: `generate(prompts, ...)` returns when
-  every row of the batch is done; the executor follows the plan's batches exactly.
+  every row of the batch is done; `executor.Executor` follows the plan's batches exactly.
 - a stream engine (`vllm`) takes every request at once, in a given order (`priority`, lower
   first), batches them itself step by step (continuous batching), and reports each request
-  as it finishes, with its own start and finish time and token count.
+  as it finishes, with its own start and finish time and token count
+  (`stream_executor.run_stream`).
 Both tokenise with the same `encode(row)`, so they see identical prompt tokens, and both count
-output tokens the same way (up to and including EOS).
+output tokens the same way (up to and including EOS). Loading a deployment (one engine per
+replica of the plan) is `engine/loader.py`'s.
 
-Loading a deployment (one engine per replica of the plan) is a `DeploymentLoader`: the runner's
-`_load_engines` for `hf`, `vllm_engine.load_deployment` for `vllm`.
-
-No torch here: this module is imported by the executor and the runner before any engine loads.
+No torch here: this module is imported by the executors and the run before any engine loads.
 """
 
 from __future__ import annotations
@@ -22,13 +21,27 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
+from uellm_cli.jobs.results import BatchRecord, RowResult
 from uellm_cli.jobs.schema import Row, Sampling
 
 if TYPE_CHECKING:
-    from uellm_cli.engine.hf_engine import BatchOutput, Generated
     from uellm_cli.plan.types import Plan
 
-ENGINE_NAMES = ("hf", "vllm")
+
+@dataclass(slots=True)
+class Generated:
+    """One row's generation: text, real output tokens (EOS included), and why it stopped."""
+
+    text: str
+    output_tokens: int
+    finish_reason: str  # "stop" | "length"
+
+
+@dataclass(slots=True)
+class BatchOutput:
+    generated: list[Generated]
+    steps: int  # decode steps run = width of the generated block
+    prompt_width: int
 
 
 @runtime_checkable
@@ -114,12 +127,23 @@ class StreamEngine(Protocol):
     ) -> StreamStats: ...
 
 
-class DeploymentLoader(Protocol):
-    """Loads one engine per replica of the plan. Several replicas may share one engine object
-    (e.g. vLLM on one CPU); the plan's notes say when the deployment cannot be followed."""
-
-    def __call__(self, cfg, resolved, encoder: Encoder, plan: Plan) -> dict[int, object]: ...
-
-
 def is_stream_engine(engine: object) -> bool:
     return callable(getattr(engine, "run_stream", None))
+
+
+# What an executor hands back as batches end: the rows' results and the batch's record.
+BatchCallback = Callable[[list[RowResult], BatchRecord], None]
+# Given the rows still pending and the batch that just ended, a new plan for them (or None to
+# keep the current one).
+Replanner = Callable[[set[int], BatchRecord], "Plan | None"]
+
+
+class ExecutionState(Protocol):
+    """What both executors share while a plan runs: the engines by replica, the run clock, the
+    stop flag (SIGINT, --fail-fast), and the lock every write of results goes through."""
+
+    engines: dict[int, object]
+    clock: Callable[[], float]
+    stop: threading.Event
+    fail_fast: bool
+    lock: threading.Lock

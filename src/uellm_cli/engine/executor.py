@@ -12,40 +12,20 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 
-from uellm_cli.engine.hf_engine import BatchOutput, is_out_of_memory
-from uellm_cli.engine.results import BatchRecord, RowResult
-from uellm_cli.jobs.schema import Row
+from uellm_cli.engine.base import BatchCallback, BatchEngine, Replanner
+from uellm_cli.engine.rows import PreparedRow, error_result, ok_result, short_error
+from uellm_cli.jobs.results import BatchRecord, RowResult
 from uellm_cli.plan.types import Plan, PlannedBatch
 
 
-@dataclass(slots=True)
-class PreparedRow:
-    """A row ready to run: its tokens and what the profiler predicted for it."""
-
-    row: Row
-    prompt_ids: list[int]
-    predicted_tokens: int
-
-
-class Engine:  # documentation of the protocol the executor needs (HFEngine implements it)
-    def generate(self, prompts: list[list[int]], *, max_new_tokens: list[int], sampling) -> BatchOutput:
-        raise NotImplementedError
-
-
-BatchCallback = Callable[[list[RowResult], BatchRecord], None]
-# Given the rows still pending and the batch that just ended, a new plan for them (or None to
-# keep the current one).
-Replanner = Callable[[set[int], BatchRecord], "Plan | None"]
-
-
 class Executor:
-    """Runs planned batches. `clock()` returns seconds on the run clock."""
+    """Runs planned batches (ExecutionState in engine/base.py). `clock()` returns seconds on
+    the run clock. `run` follows static batches; `run_stream` feeds stream engines."""
 
     def __init__(
         self,
-        engines: dict[int, Engine],
+        engines: dict[int, BatchEngine],
         *,
         clock: Callable[[], float],
         stop: threading.Event | None = None,
@@ -55,7 +35,7 @@ class Executor:
         self.clock = clock
         self.stop = stop or threading.Event()
         self.fail_fast = fail_fast
-        self._lock = threading.Lock()
+        self.lock = threading.Lock()
         self._failure: BaseException | None = None
 
     def run(self, plan: Plan, rows: dict[int, PreparedRow], on_batch: BatchCallback,
@@ -130,7 +110,7 @@ class Executor:
                 self._failure = exc
                 self.stop.set()
                 return
-            with self._lock:
+            with self.lock:
                 on_batch(results, record)
 
     def _run_batch(self, engine, replica: int, planned: PlannedBatch, members: list[PreparedRow]):
@@ -180,39 +160,25 @@ class Executor:
             return 0, max(len(m.prompt_ids) for m in members), "error"
         end = self.clock()
         for m, g in zip(members, out.generated, strict=False):
-            deadline = m.row.deadline_s
-            results.append(RowResult(
-                index=m.row.index, id=m.row.id, status="ok", output_text=g.text,
-                finish_reason=g.finish_reason, prompt_tokens=len(m.prompt_ids),
-                output_tokens=g.output_tokens, predicted_output_tokens=m.predicted_tokens,
-                replica=replica, batch=planned.batch, started_s=start, finished_s=end,
-                latency_s=end, deadline_s=deadline,
-                slo_met=None if deadline is None else end <= deadline,
-                warnings=list(m.row.warnings), passthrough=m.row.passthrough,
-            ))
+            results.append(ok_result(m, g, replica=replica, batch=planned.batch, started_s=start,
+                                     finished_s=end))
         return out.steps, out.prompt_width, "ok"
 
     def _error(self, m: PreparedRow, replica, planned, start, code, message) -> RowResult:
         return error_result(m, replica, planned.batch, start, self.clock(), code, message)
 
 
-def error_result(m: PreparedRow, replica: int, batch: int, start: float, end: float, code: str,
-                 message: str) -> RowResult:
-    """A row that ran (or was about to) and failed: an error row with its timing."""
-    return RowResult(
-        index=m.row.index, id=m.row.id, status="error", prompt_tokens=len(m.prompt_ids),
-        predicted_output_tokens=m.predicted_tokens, replica=replica, batch=batch,
-        started_s=start, finished_s=end, latency_s=end, deadline_s=m.row.deadline_s,
-        slo_met=None if m.row.deadline_s is None else False,
-        error_code=code, error_message=message, warnings=list(m.row.warnings),
-        passthrough=m.row.passthrough,
+def is_out_of_memory(exc: BaseException) -> bool:
+    """CUDA OOM, or a CPU allocation failure (torch raises RuntimeError / MemoryError)."""
+    if isinstance(exc, MemoryError):
+        return True
+    name = type(exc).__name__
+    if name in ("OutOfMemoryError", "OutOfMemoryError_"):
+        return True
+    msg = str(exc).lower()
+    return isinstance(exc, RuntimeError) and (
+        "out of memory" in msg or "can't allocate memory" in msg or "failed to allocate" in msg
     )
-
-
-def short_error(exc: BaseException) -> str:
-    """The first line of an exception, with its type, for an error row's message."""
-    text = f"{type(exc).__name__}: {exc}".splitlines()[0] if str(exc) else type(exc).__name__
-    return text[:300]
 
 
 def _free_memory() -> None:

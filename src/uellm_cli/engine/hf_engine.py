@@ -6,38 +6,8 @@ them). Tokens after EOS and padding are never counted as output.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
+from uellm_cli.engine.base import BatchOutput, Generated
 from uellm_cli.jobs.schema import Row, Sampling
-
-
-@dataclass(slots=True)
-class Generated:
-    """One row's generation: text, real output tokens (EOS included), and why it stopped."""
-
-    text: str
-    output_tokens: int
-    finish_reason: str  # "stop" | "length"
-
-
-@dataclass(slots=True)
-class BatchOutput:
-    generated: list[Generated]
-    steps: int  # decode steps run = width of the generated block
-    prompt_width: int
-
-
-def is_out_of_memory(exc: BaseException) -> bool:
-    """CUDA OOM, or a CPU allocation failure (torch raises RuntimeError / MemoryError)."""
-    if isinstance(exc, MemoryError):
-        return True
-    name = type(exc).__name__
-    if name in ("OutOfMemoryError", "OutOfMemoryError_"):
-        return True
-    msg = str(exc).lower()
-    return isinstance(exc, RuntimeError) and (
-        "out of memory" in msg or "can't allocate memory" in msg or "failed to allocate" in msg
-    )
 
 
 class HFEngine:

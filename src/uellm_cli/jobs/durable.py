@@ -62,6 +62,13 @@ def atomic_write_bytes(target: Path, data: bytes) -> Path:
     return Path(target)
 
 
+def atomic_write_json(target: Path, obj: object, *, indent: int | None = 2) -> Path:
+    """Write `obj` as a JSON document to `target` atomically (UTF-8, a final newline)."""
+    text = json.dumps(obj, indent=indent, ensure_ascii=False,
+                      separators=None if indent is not None else (",", ":"))
+    return atomic_write_bytes(target, (text + "\n").encode("utf-8"))
+
+
 def json_default(value: object) -> object:
     """Encode what passthrough columns may hold (numpy, pandas, dates, bytes) as JSON."""
     if type(value).__name__ in ("NAType", "NaTType"):  # pandas missing values

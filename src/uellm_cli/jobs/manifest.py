@@ -14,12 +14,14 @@ import json
 import math
 import os
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
 from uellm_cli.errors import ConfigError, ResumeMismatchError
-from uellm_cli.jobs.durable import atomic_write_bytes, fsync_dir
+from uellm_cli.jobs.durable import atomic_write_json, fsync_dir
+from uellm_cli.jobs.results import RowResult
 from uellm_cli.jobs.writers import ERRORS_NAME, LOG_NAME, RESULT_NAMES, read_log
 
 MANIFEST_NAME = "manifest.json"
@@ -158,9 +160,10 @@ class Manifest:
         if self.runs:
             self.runs[-1].update(finished_at=self.finished_at, state=state)
 
-    def set_counts(self, records: dict[int, dict]) -> None:
-        """rows_done / rows_error / rows_rejected from the records done so far (index -> record)."""
-        statuses = [r.get("status") for r in records.values()]
+    def set_counts(self, results: Mapping[int, RowResult | Mapping]) -> None:
+        """rows_done / rows_error / rows_rejected from the rows done so far (index -> a
+        RowResult, or its record as the log holds it)."""
+        statuses = [r.status if isinstance(r, RowResult) else r.get("status") for r in results.values()]
         self.rows_done = sum(s in ("ok", "error", "rejected") for s in statuses)
         self.rows_error = statuses.count("error")
         self.rows_rejected = statuses.count("rejected")
@@ -179,8 +182,7 @@ class Manifest:
     def save(self, out_dir: Path) -> Path:
         """Write manifest.json atomically (temp file, fsync, rename, fsync of the folder)."""
         self.updated_at = now_iso()
-        text = json.dumps(self.to_dict(), indent=2, ensure_ascii=False) + "\n"
-        return atomic_write_bytes(Path(out_dir) / MANIFEST_NAME, text.encode("utf-8"))
+        return atomic_write_json(Path(out_dir) / MANIFEST_NAME, self.to_dict())
 
     @classmethod
     def load(cls, out_dir: Path) -> Manifest | None:

@@ -49,6 +49,17 @@ class Row:
     passthrough: dict = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
 
+    @property
+    def text(self) -> str:
+        """The prompt as plain text, what length predictors and the history see: `prompt`, or
+        the contents of `messages` (the chat template is the tokenizer's business)."""
+        return self.prompt if self.prompt is not None else messages_text(self.messages or [])
+
+
+def messages_text(messages: list) -> str:
+    """The contents of chat messages, one per line: the text of a `messages` row."""
+    return "\n".join(str(m.get("content", "")) for m in messages if isinstance(m, dict))
+
 
 @dataclass(slots=True, frozen=True)
 class RowError:

@@ -15,9 +15,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from uellm_cli.engine.results import RESULT_FIELDS, RowResult
 from uellm_cli.errors import ConfigError
 from uellm_cli.jobs.durable import atomic_path, atomic_write_bytes, fsync_dir, json_line
+from uellm_cli.jobs.results import RESULT_FIELDS, RowResult
 from uellm_cli.jobs.schema import RowError
 
 LOG_NAME = "results.log.jsonl"

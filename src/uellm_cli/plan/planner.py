@@ -21,18 +21,18 @@ import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 
+from uellm_cli.config import ON_MISS
 from uellm_cli.errors import ConfigError, DoesNotFitError
+from uellm_cli.plan.costmodel import CostModel
 from uellm_cli.plan.deployer import PlacementSearch
 from uellm_cli.plan.scheduler import get_scheduler, schedule
 from uellm_cli.plan.simulate import ForecastMetrics, forecast_metrics, forecast_rows
 from uellm_cli.plan.types import Deployment, Plan, PlannedBatch, Query, RowForecast
 from uellm_cli.profile.calibration import Calibration
-from uellm_cli.profile.costmodel import CostModel
-from uellm_cli.profile.hardware import Cluster
-from uellm_cli.profile.model import ModelProfile
+from uellm_cli.profile.devices import Cluster
+from uellm_cli.profile.model_profile import ModelProfile
 
 OBJECTIVES = ("helr", "lr", "he")
-ON_MISS = ("run", "skip")
 MAKESPAN_TOL = 0.02
 JUDGE_ROWS = 2000
 SKIP_ROUNDS = 10

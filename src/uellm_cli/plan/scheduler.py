@@ -29,9 +29,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
 
 from uellm_cli.errors import ConfigError
+from uellm_cli.plan.costmodel import CostModel
 from uellm_cli.plan.simulate import Timeline, place_in_order, planned_batch
 from uellm_cli.plan.types import PlannedBatch, Query, Replica
-from uellm_cli.profile.costmodel import CostModel
 
 INF = float("inf")
 
@@ -100,15 +100,17 @@ class SloOdbs:
     patience: int = 32
 
     def schedule(self, queries: Sequence[Query], ctx: ScheduleContext) -> list[PlannedBatch]:
-        # One long loop on purpose: it is the planner's hot path (100k rows in well under 2 s).
+        # One long loop on purpose: it is the planner's hot path (100k rows in well under 2 s),
+        # so the batch's running shape lives in locals rather than objects.
         if not queries:
             return []
-        maxb = ctx.max_batch_size or self.max_batch_size
-        window = self.lookahead if self.lookahead is not None else 2 * maxb
+        max_rows = ctx.max_batch_size or self.max_batch_size
+        window = self.lookahead if self.lookahead is not None else 2 * max_rows
         cost = ctx.cost
-        kvpt = cost.model.kv_bytes_per_token
-        act_tok = cost.act * cost.params.activation_factor  # activation_bytes(b, n) = b * (n * act_tok + act_row)
-        act_row = cost.model.vocab_size * 4
+        kv_per_token = cost.model.kv_bytes_per_token
+        # activation_bytes(b, n) = b * (n * act_per_token + logits_per_row)
+        act_per_token = cost.act * cost.params.activation_factor
+        logits_per_row = cost.model.vocab_size * 4
         max_waste = self.max_waste
         stretch = 1.0 + self.safety
         by_group: dict[tuple, list[Query]] = {}
@@ -116,95 +118,83 @@ class SloOdbs:
             by_group.setdefault(q.group, []).append(q)
         queues = [_Queue(rows, late=False) for rows in by_group.values()]
         late_rows: list[list[Query]] = [[] for _ in queues]
-        heads = [(edf_key(qu.rows[0]), qid) for qid, qu in enumerate(queues)]
+        heads = [(edf_key(queue.rows[0]), qid) for qid, queue in enumerate(queues)]
         heapq.heapify(heads)
-        tl = Timeline(ctx.replicas, ctx.start_s)
+        timeline = Timeline(ctx.replicas, ctx.start_s)
         timers = {r.index: cost.batch_timer(r) for r in ctx.replicas}
         budgets = {r.index: r.kv_budget_bytes for r in ctx.replicas}
         shared: dict[int, dict[int, float]] = {}  # a row's time alone, one table per distinct timer
-        solo = {r.index: shared.setdefault(id(timers[r.index]), {}) for r in ctx.replicas}
+        alone_tables = {r.index: shared.setdefault(id(timers[r.index]), {}) for r in ctx.replicas}
         out: list[PlannedBatch] = []
         too_big = demoted = 0
         while heads:
             _, qid = heapq.heappop(heads)
-            qu = queues[qid]
-            qs, used, late, n = qu.rows, qu.used, qu.late, len(qu.rows)
-            t0, rep = tl.next()
-            timer, budget, alone_s = timers[rep.index], budgets[rep.index], solo[rep.index]
-            h = qu.head
-            if not late:  # demote rows that cannot make it any more
-                while h < n:
-                    q = qs[h]
-                    d = q.deadline_s
-                    if d is None:
-                        break
-                    a = alone_s.get(q.index)
-                    if a is None:
-                        a = alone_s[q.index] = timer(1, q.prompt_tokens, q.predicted_tokens)
-                    if t0 + a <= d:
-                        break
-                    used[h] = 1
-                    late_rows[qid].append(q)
-                    demoted += 1
-                    qu.advance()
-                    h = qu.head
-                if h >= n:
+            queue = queues[qid]
+            rows, used, late, n_rows = queue.rows, queue.used, queue.late, len(queue.rows)
+            start, replica = timeline.next()
+            timer, budget, alone_s = timers[replica.index], budgets[replica.index], alone_tables[replica.index]
+            if not late:
+                demoted += _demote_hopeless(queue, late_rows[qid], start, timer, alone_s)
+                if queue.head >= n_rows:
                     self._retire(qid, queues, late_rows, heads)
                     continue
-            q = qs[h]
-            used[h] = 1
+            q = rows[queue.head]
+            used[queue.head] = 1
             members = [q]
-            b, lm, um, pm, sp = 1, q.prompt_tokens, q.predicted_upper, q.predicted_tokens, q.predicted_tokens
-            if kvpt * (lm + um) + lm * act_tok + act_row > budget:
+            size, longest_prompt, longest_upper = 1, q.prompt_tokens, q.predicted_upper
+            longest_pred = sum_pred = q.predicted_tokens
+            if kv_per_token * (longest_prompt + longest_upper) + longest_prompt * act_per_token + logits_per_row > budget:
                 too_big += 1
-            finish = t0 + timer(1, lm, pm)
-            d = None if late else q.deadline_s
-            min_meet = d if d is not None and finish <= d else INF
-            other = tl.earliest_other(rep.index)
-            j, seen, misses, patience = h + 1, 0, 0, self.patience
-            while j < n and b < maxb and seen < window and misses < patience:
+            finish = start + timer(1, longest_prompt, longest_pred)
+            deadline = None if late else q.deadline_s
+            tightest_met = deadline if deadline is not None and finish <= deadline else INF
+            other_free = timeline.earliest_other(replica.index)
+            j, seen, misses = queue.head + 1, 0, 0
+            while j < n_rows and size < max_rows and seen < window and misses < self.patience:
                 if used[j]:
                     j += 1
                     continue
-                q = qs[j]
+                q = rows[j]
                 j += 1
                 seen += 1
                 misses += 1
-                nb = b + 1
-                nl = lm if lm >= q.prompt_tokens else q.prompt_tokens
-                nu = um if um >= q.predicted_upper else q.predicted_upper
-                if nb * (kvpt * (nl + nu) + nl * act_tok + act_row) > budget:
+                new_size = size + 1
+                new_prompt = longest_prompt if longest_prompt >= q.prompt_tokens else q.prompt_tokens
+                new_upper = longest_upper if longest_upper >= q.predicted_upper else q.predicted_upper
+                if new_size * (kv_per_token * (new_prompt + new_upper) + new_prompt * act_per_token
+                               + logits_per_row) > budget:
                     continue
-                npm = pm if pm >= q.predicted_tokens else q.predicted_tokens
-                nsp = sp + q.predicted_tokens
-                d = None if late else q.deadline_s
-                wasteful = npm > 0 and 1.0 - nsp / (nb * npm) > max_waste
-                if wasteful and d is None:
+                new_pred = longest_pred if longest_pred >= q.predicted_tokens else q.predicted_tokens
+                new_sum = sum_pred + q.predicted_tokens
+                deadline = None if late else q.deadline_s
+                wasteful = new_pred > 0 and 1.0 - new_sum / (new_size * new_pred) > max_waste
+                if wasteful and deadline is None:
                     continue
-                if d is not None:
-                    a = alone_s.get(q.index)  # q alone, if it waits for the next free replica
-                    if a is None:
-                        a = alone_s[q.index] = timer(1, q.prompt_tokens, q.predicted_tokens)
-                    can_wait = (finish if finish < other else other) + a <= d
+                if deadline is not None:
+                    alone = alone_s.get(q.index)  # q alone, if it waits for the next free replica
+                    if alone is None:
+                        alone = alone_s[q.index] = timer(1, q.prompt_tokens, q.predicted_tokens)
+                    can_wait = (finish if finish < other_free else other_free) + alone <= deadline
                     if wasteful and can_wait:
                         continue  # it can wait for a batch of its own length
-                nf = t0 + timer(nb, nl, npm)
-                guarded = t0 + (nf - t0) * stretch  # the finish the deadline tests use
-                if guarded > min_meet:
+                new_finish = start + timer(new_size, new_prompt, new_pred)
+                guarded = start + (new_finish - start) * stretch  # the finish the deadline tests use
+                if guarded > tightest_met:
                     continue
-                if d is not None and guarded > d:
+                if deadline is not None and guarded > deadline:
                     if wasteful or can_wait:
                         continue  # do not drag it late: it can still make it by waiting
-                elif d is not None and d < min_meet:
-                    min_meet = d
+                elif deadline is not None and deadline < tightest_met:
+                    tightest_met = deadline
                 used[j - 1] = 1
                 misses = 0
                 members.append(q)
-                b, lm, um, pm, sp, finish = nb, nl, nu, npm, nsp, nf
-            out.append(planned_batch(len(out), rep.index, members, t0, finish))
-            tl.occupy(rep.index, finish)
-            if qu.advance():
-                heapq.heappush(heads, (self._key(qu), qid))
+                size, longest_prompt, longest_upper = new_size, new_prompt, new_upper
+                longest_pred, sum_pred, finish = new_pred, new_sum, new_finish
+            out.append(planned_batch(len(out), replica.index, members, start, finish))
+            timeline.occupy(replica.index, finish)
+            if queue.advance():
+                heapq.heappush(heads, (self._key(queue), qid))
             else:
                 self._retire(qid, queues, late_rows, heads)
         if too_big:
@@ -216,9 +206,9 @@ class SloOdbs:
         return out
 
     @staticmethod
-    def _key(qu: _Queue) -> tuple:
-        q = qu.rows[qu.head]
-        return (INF, INF, q.priority, q.predicted_tokens, q.index) if qu.late else edf_key(q)
+    def _key(queue: _Queue) -> tuple:
+        q = queue.rows[queue.head]
+        return (INF, INF, q.priority, q.predicted_tokens, q.index) if queue.late else edf_key(q)
 
     def _retire(self, qid: int, queues: list[_Queue], late_rows: list[list[Query]], heads: list) -> None:
         """A group's deadline queue is empty: its demoted rows become a late queue (SJF order)."""
@@ -229,6 +219,28 @@ class SloOdbs:
         queues.append(_Queue(rows, late=True))
         late_rows.append([])
         heapq.heappush(heads, (self._key(queues[-1]), len(queues) - 1))
+
+
+def _demote_hopeless(queue: _Queue, late: list[Query], start: float, timer,
+                     alone_s: dict[int, float]) -> int:
+    """Move the rows at the head of `queue` that would miss their deadline even if started
+    now, alone, to `late` (they run after every row that can still make it); returns how many."""
+    rows, used = queue.rows, queue.used
+    moved = 0
+    while queue.head < len(rows):
+        q = rows[queue.head]
+        if q.deadline_s is None:
+            break
+        alone = alone_s.get(q.index)
+        if alone is None:
+            alone = alone_s[q.index] = timer(1, q.prompt_tokens, q.predicted_tokens)
+        if start + alone <= q.deadline_s:
+            break
+        used[queue.head] = 1
+        late.append(q)
+        moved += 1
+        queue.advance()
+    return moved
 
 
 def _pack(order: Sequence[Query], start: Callable[[Query], list], add: Callable[[list, Query], bool]) -> list[list[Query]]:

@@ -16,8 +16,8 @@ import heapq
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 
+from uellm_cli.plan.costmodel import CostModel
 from uellm_cli.plan.types import PlannedBatch, Query, Replica, RowForecast
-from uellm_cli.profile.costmodel import CostModel
 
 
 class Timeline:

@@ -9,7 +9,7 @@ equivalent Qwen2 config (see model.chatglm_equivalent and docs/profiler.md).
 
 from __future__ import annotations
 
-DEFAULT_ALIAS = "smollm2-135m"
+from uellm_cli.config import DEFAULT_MODEL
 
 ALIASES: dict[str, dict] = {
     # huggyllama/llama-7b (LLaMA 1)
@@ -18,6 +18,13 @@ ALIASES: dict[str, dict] = {
         "hidden_size": 4096, "intermediate_size": 11008, "num_hidden_layers": 32,
         "num_attention_heads": 32, "num_key_value_heads": 32, "vocab_size": 32000,
         "max_position_embeddings": 2048, "rms_norm_eps": 1e-6, "tie_word_embeddings": False,
+    },
+    # meta-llama/Llama-2-7b-hf
+    "llama-2-7b": {
+        "model_type": "llama", "dtype": "float16", "repo": "meta-llama/Llama-2-7b-hf",
+        "hidden_size": 4096, "intermediate_size": 11008, "num_hidden_layers": 32,
+        "num_attention_heads": 32, "num_key_value_heads": 32, "vocab_size": 32000,
+        "max_position_embeddings": 4096, "rms_norm_eps": 1e-5, "tie_word_embeddings": False,
     },
     # meta-llama/Llama-2-13b-hf
     "llama-2-13b": {
@@ -60,7 +67,7 @@ ALIASES: dict[str, dict] = {
         "layernorm_epsilon": 1e-5,
     },
     # HuggingFaceTB/SmolLM2-135M-Instruct: uellm's default model (GQA, tied embeddings)
-    "smollm2-135m": {
+    DEFAULT_MODEL: {
         "model_type": "llama", "dtype": "bfloat16", "repo": "HuggingFaceTB/SmolLM2-135M-Instruct",
         "hidden_size": 576, "intermediate_size": 1536, "num_hidden_layers": 30,
         "num_attention_heads": 9, "num_key_value_heads": 3, "head_dim": 64, "vocab_size": 49152,
@@ -77,8 +84,9 @@ ALIAS_SYNONYMS: dict[str, str] = {
     "mistral-7b-v0.1": "mistral-7b",
     "qwen2.5-7b-instruct": "qwen2.5-7b",
     "chatglm2": "chatglm2-6b",
-    "smollm2": "smollm2-135m",
-    "smollm2-135m-instruct": "smollm2-135m",
+    "llama2-7b": "llama-2-7b",
+    "smollm2": DEFAULT_MODEL,
+    "smollm2-135m-instruct": DEFAULT_MODEL,
 }
 
 

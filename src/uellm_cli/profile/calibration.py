@@ -3,7 +3,8 @@
 The fitted forms (seconds), for the whole model on one device:
   prefill_s(b, L)  = p0 + p1 * b * L + p2 * b * L * L       (b rows, L prompt tokens each)
   decode_s(b, ctx) = d0 + d1 * b + d2 * b * ctx              (one step, ctx tokens of context)
-SKELETON: the dataclass is the contract; measurement (torch) and fitting follow.
+Measured by engine/calibrate.py (hf) and engine/vllm_calibrate.py, fitted and stored by
+profile/calibrate.py, refitted from real runs by profile/run_calibration.py.
 """
 
 from __future__ import annotations
@@ -54,3 +55,15 @@ class Calibration:
         return replace(self, device_name=name, prefill=tuple(x * factor for x in self.prefill),
                        decode=tuple(x * factor for x in self.decode),
                        fit_error={**self.fit_error, **extra})
+
+
+def same_model(a: str, b: str) -> bool:
+    """Loose model-name match (a calibration's model against a profile's): case-insensitive,
+    and a folder path matches its basename; an empty name matches any."""
+    if not a:
+        return True
+
+    def norm(x: str) -> str:
+        return x.rstrip("/\\").replace("\\", "/").rsplit("/", 1)[-1].lower()
+
+    return a.lower() == b.lower() or norm(a) == norm(b)

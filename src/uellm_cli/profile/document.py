@@ -6,17 +6,21 @@ and the memory each device has for that model. Plain data in, plain data out; no
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
 
 from uellm_cli.errors import ConfigError
+from uellm_cli.jobs.durable import atomic_write_json
 from uellm_cli.paths import home_dir
 from uellm_cli.profile.calibrate import calibration_from_dict
 from uellm_cli.profile.calibration import Calibration
 from uellm_cli.profile.hardware import Cluster, cluster_from_dict, cluster_to_dict
-from uellm_cli.profile.model import ModelProfile, model_profile_from_dict, model_profile_to_dict
+from uellm_cli.profile.model_profile import (
+    ModelProfile,
+    model_profile_from_dict,
+    model_profile_to_dict,
+)
 
 VERSION = 1
 
@@ -62,12 +66,7 @@ def build_profile_doc(cluster: Cluster, model: ModelProfile, calibrations: dict[
 
 
 def save_profile_doc(doc: dict, path: Path | None = None) -> Path:
-    path = path or profile_path()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(doc, indent=2))
-    tmp.replace(path)
-    return path
+    return atomic_write_json(path or profile_path(), doc)
 
 
 def load_profile_doc(path: Path | None = None) -> dict | None:

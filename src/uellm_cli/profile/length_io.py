@@ -82,30 +82,3 @@ def read_length_records(path: Path, job: Path | None = None, *, split: str | Non
         hint = None if job else "results files hold no prompt text: pass the run's job with --job"
         raise InputError(f"{path}: no rows with both a prompt and output_tokens", hint=hint)
     return usable
-
-
-def _store_text(text: str | None) -> str | None:
-    """The history DB keeps chat rows as their messages in JSON: join the contents."""
-    if text and text.startswith("[") and text.endswith("]"):
-        try:
-            msgs = json.loads(text)
-        except ValueError:
-            return text
-        if isinstance(msgs, list) and all(isinstance(m, dict) for m in msgs):
-            return record_text({"messages": msgs}) or text
-    return text
-
-
-def records_from_store(model_name: str, db: Path | None = None) -> list[dict]:
-    """Finished rows of past runs of `model_name` from the history DB (uellm_cli.store)."""
-    from uellm_cli import store
-
-    return [
-        {
-            "id": r.get("row_id"), "prompt": _store_text(r.get("prompt_text")),
-            "prompt_tokens": r.get("prompt_tokens"), "max_new_tokens": r.get("max_new_tokens"),
-            "output_tokens": r.get("output_tokens"), "finish_reason": r.get("finish_reason"),
-        }
-        for r in store.iter_rows(model=model_name, db=db)
-        if r.get("prompt_text")
-    ]

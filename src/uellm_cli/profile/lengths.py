@@ -12,8 +12,9 @@ Predictors (all give a point estimate and an upper quantile, capped at max_new_t
   log(tokens). Stored per model under cache_dir()/predictors/.
 - `fitted`: a `history` model shipped for the default model (smollm2-135m), trained on its own
   greedy outputs; `history` falls back to it for that model when the user has trained none.
-The linear model, PROMPT_MODEL and fitting live in length_fit.py; features and measures in
-length_features.py; reading records from files and the history DB in length_io.py.
+The linear model, PROMPT_MODEL and fitting live in length_fit.py, the two-part model in
+length_two_part.py, features and measures in length_features.py, reading records from files in
+length_io.py (from the history DB: store.py).
 """
 
 from __future__ import annotations
@@ -28,21 +29,21 @@ from typing import Protocol
 
 import numpy as np
 
+from uellm_cli.config import DEFAULT_MODEL
 from uellm_cli.errors import ConfigError, InputError
+from uellm_cli.jobs.durable import atomic_write_json
+from uellm_cli.jobs.schema import messages_text
 from uellm_cli.paths import cache_dir
 from uellm_cli.profile import length_features as lf
 from uellm_cli.profile.length_fit import (  # noqa: F401 - PROMPT_MODEL re-exported
     PROMPT_MODEL,
     LinearLengthModel,
-    TwoPartConfig,
-    TwoPartLengthModel,
     fit_linear,
-    fit_two_part,
     prompt_predict,
 )
+from uellm_cli.profile.length_two_part import TwoPartConfig, TwoPartLengthModel, fit_two_part
 
-DEFAULT_MODEL = "smollm2-135m"
-_FITTED_FILE = "smollm2-135m-lengths.json"
+_FITTED_FILE = f"{DEFAULT_MODEL}-lengths.json"
 
 
 @dataclass(slots=True, frozen=True)
@@ -155,7 +156,7 @@ def train_history(
     records: dicts with `prompt` (or `messages`/`text`), `output_tokens`, and when known
     `prompt_tokens`, `max_new_tokens`, `finish_reason`, `status` (see `clean_records`).
     method "two-part" (default): P(cut at the budget) + length if it stops, configuration chosen
-    by repeated 5-fold CV among `grid` (default length_fit.TWO_PART_GRID) as the one that most
+    by repeated 5-fold CV among `grid` (default length_two_part.TWO_PART_GRID) as the one that most
     surely beats `prompt` on both Kendall tau and MAE; l2 (if given) fixes both penalties of the
     hashed candidates. method "linear": censored ridge on log(tokens), l2=None picks the ridge
     strength by CV (MAE). use_prior: start from the `prompt` estimate (a feature penalised 100x
@@ -170,7 +171,7 @@ def train_history(
     n_cens = int(censored.sum())
     if method == "two-part":
         if l2 is not None and grid is None:
-            from uellm_cli.profile.length_fit import TWO_PART_GRID
+            from uellm_cli.profile.length_two_part import TWO_PART_GRID
 
             grid = [TwoPartConfig(c.hashed, l2, l2, c.point_quantile, c.tie_break)
                     if c.hashed else c for c in TWO_PART_GRID]
@@ -229,7 +230,7 @@ def record_text(rec: Mapping) -> str | None:
         except ValueError:
             msgs = None
     if isinstance(msgs, list | tuple) and msgs:
-        return "\n".join(str(m.get("content", "")) for m in msgs if isinstance(m, Mapping))
+        return messages_text(list(msgs))
     t = rec.get("text")
     return t if isinstance(t, str) else None
 
@@ -301,7 +302,7 @@ def evaluate(predictors: Sequence[Predictor] | Mapping[str, Predictor],
 
 def is_default_model(model_name: str) -> bool:
     """True for the default model under any of its names (alias, hub id, GGUF file, folder)."""
-    return "smollm2-135m" in Path(str(model_name)).name.lower() or model_name == DEFAULT_MODEL
+    return DEFAULT_MODEL in Path(str(model_name)).name.lower() or model_name == DEFAULT_MODEL
 
 
 def predictor_path(model_name: str) -> Path:
@@ -312,12 +313,7 @@ def predictor_path(model_name: str) -> Path:
 
 def save_predictor(pred: HistoryPredictor, path: Path | None = None) -> Path:
     """Write `pred` as JSON (default: predictor_path(pred.model_name)); returns the path."""
-    path = path or predictor_path(pred.model_name)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(pred.to_dict(), separators=(",", ":")) + "\n")
-    tmp.replace(path)
-    return path
+    return atomic_write_json(path or predictor_path(pred.model_name), pred.to_dict(), indent=None)
 
 
 def load_predictor_file(path: Path, *, name: str = "history") -> HistoryPredictor:

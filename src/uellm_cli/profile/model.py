@@ -7,101 +7,22 @@ transformers are imported inside the functions that need them.
 
 dtype: an explicit dtype wins; else the checkpoint's (config `dtype`/`torch_dtype`, the
 published dtype for aliases); else float16. The engine on the CPU loads float32, so planners
-pass `planning_dtype(cluster)`, which says float32 for a cluster without GPUs.
+pass `model_profile.planning_dtype(cluster)`, which says float32 for a cluster without GPUs.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from uellm_cli.errors import ConfigError, ModelNotFoundError
 from uellm_cli.profile import aliases
-
-
-@dataclass(slots=True, frozen=True)
-class ModelProfile:
-    """What the planner needs to know about a model, in bytes for the chosen dtype.
-
-    layer_bytes: weights of one decoder layer (layers are uniform in every supported family).
-    embed_bytes: modules before the first layer (token embeddings, rotary tables...).
-    head_bytes: modules after the last layer (final norm, lm_head); 0 for lm_head when tied
-        to the embeddings (the tied weight then sits with the embeddings, on the first stage).
-    kv_bytes_per_token: K and V of ALL layers for one token (2 * layers * kv_heads * head_dim *
-        dtype_bytes): exact for multi-head, grouped-query and multi-query attention.
-    flops_per_token: forward FLOPs of one token at zero context (2 * matmul params); attention
-        over the context adds attn_flops_per_token_per_ctx * context.
-    activation_bytes_per_token: hidden state passed between two layers (hidden * dtype_bytes).
-    module names: what accelerate device_maps use for this architecture.
-    """
-
-    name: str
-    architecture: str
-    dtype: str
-    dtype_bytes: int
-    num_layers: int
-    hidden_size: int
-    num_attention_heads: int
-    num_kv_heads: int
-    head_dim: int
-    vocab_size: int
-    max_context: int
-    layer_bytes: int
-    embed_bytes: int
-    head_bytes: int
-    kv_bytes_per_token: int
-    flops_per_token: float
-    attn_flops_per_token_per_ctx: float
-    activation_bytes_per_token: int
-    tied_embeddings: bool = False
-    layers_prefix: str = "model.layers"
-    embed_modules: tuple[str, ...] = ("model.embed_tokens", "model.rotary_emb")
-    head_modules: tuple[str, ...] = ("model.norm", "lm_head")
-    extra: dict = field(default_factory=dict)
-
-    @property
-    def weight_bytes(self) -> int:
-        return self.embed_bytes + self.num_layers * self.layer_bytes + self.head_bytes
-
-    @property
-    def kv_bytes_per_token_per_layer(self) -> float:
-        return self.kv_bytes_per_token / self.num_layers
-
-    @property
-    def num_params(self) -> int:
-        """Parameters (tied weights once), from the bytes at this dtype."""
-        return int(self.extra.get("num_params", self.weight_bytes // self.dtype_bytes))
-
-    def layer_names(self) -> list[str]:
-        """The device_map keys of the decoder layers, in order."""
-        return [f"{self.layers_prefix}.{i}" for i in range(self.num_layers)]
-
-
-DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2, "float8_e4m3fn": 1, "float8_e5m2": 1}
-_DTYPE_SYNONYMS = {"fp32": "float32", "float": "float32", "f32": "float32", "fp16": "float16",
-                   "half": "float16", "f16": "float16", "bf16": "bfloat16", "fp8": "float8_e4m3fn"}
-DEFAULT_DTYPE = "float16"
-CPU_DTYPE = "float32"
-
-
-def normalize_dtype(dtype) -> str:
-    """'fp16', 'torch.float16', torch.float16 -> 'float16'; unknown names raise ConfigError."""
-    name = str(dtype).strip().lower().removeprefix("torch.")
-    name = _DTYPE_SYNONYMS.get(name, name)
-    if name not in DTYPE_BYTES:
-        raise ConfigError(f"unknown dtype {dtype!r}", hint=f"use one of {', '.join(DTYPE_BYTES)}")
-    return name
-
-
-def planning_dtype(cluster, dtype: str | None = None) -> str | None:
-    """The dtype to plan with: the one asked for; float32 when the cluster has no GPU (the
-    engine's CPU default); else None, meaning the checkpoint's own dtype."""
-    if dtype:
-        return normalize_dtype(dtype)
-    has_gpu = any(d.kind == "gpu" for d in cluster.devices)
-    return None if has_gpu else CPU_DTYPE
-
+from uellm_cli.profile.model_profile import (
+    DEFAULT_DTYPE,
+    DTYPE_BYTES,
+    ModelProfile,
+    normalize_dtype,
+)
 
 # ---------------------------------------------------------------------------- sources
 
@@ -195,9 +116,14 @@ CHATGLM_NAMES = {
 def load_model_profile(source: str, dtype: str | None = None) -> ModelProfile:
     """The profile of an alias, a model folder or a .gguf file, for `dtype` (see module doc)."""
     config, name, how = resolve_config(source)
-    chosen = normalize_dtype(dtype) if dtype else _config_dtype(config) or DEFAULT_DTYPE
-    profile = profile_from_config(config, name, chosen)
+    profile = profile_of(config, name, dtype)
     return _with_extra(profile, source=how, path=None if how == "alias" else str(Path(source).expanduser().resolve()))
+
+
+def profile_of(config, name: str, dtype: str | None = None) -> ModelProfile:
+    """The profile of a config at `dtype`; None means the checkpoint's (float16 if unknown)."""
+    chosen = normalize_dtype(dtype) if dtype else _config_dtype(config) or DEFAULT_DTYPE
+    return profile_from_config(config, name, chosen)
 
 
 def _config_dtype(config) -> str | None:
@@ -238,7 +164,7 @@ def profile_from_config(config, name: str, dtype: str) -> ModelProfile:
     embed, head = _split_outer(model, prefix)
     heads = int(cfg.num_attention_heads)
     head_dim = int(getattr(cfg, "head_dim", None) or cfg.hidden_size // heads)
-    kv_heads = _kv_heads(cfg, heads)
+    kv_heads = kv_heads_of(cfg, heads)
     matmul = _matmul_params(model)
     tied = bool(getattr(cfg, "tie_word_embeddings", False)) and _embedding_tied(model)
     extra = {
@@ -263,7 +189,7 @@ def profile_from_config(config, name: str, dtype: str) -> ModelProfile:
         name=name, architecture=extra["model_type"], dtype=dtype, dtype_bytes=nbytes,
         num_layers=layers, hidden_size=int(cfg.hidden_size), num_attention_heads=heads,
         num_kv_heads=kv_heads, head_dim=head_dim, vocab_size=int(cfg.vocab_size),
-        max_context=_max_context(cfg), layer_bytes=max(layer_sizes),
+        max_context=max_context_of(cfg), layer_bytes=max(layer_sizes),
         embed_bytes=sum(_sum_under(sizes, m) for m in embed),
         head_bytes=sum(_sum_under(sizes, m) for m in head),
         kv_bytes_per_token=2 * layers * kv_heads * head_dim * nbytes,
@@ -356,7 +282,7 @@ def _inner_first(names: list[str]) -> list[str]:
     return sorted(names, key=lambda n: -n.count("."))
 
 
-def _kv_heads(cfg, heads: int) -> int:
+def kv_heads_of(cfg, heads: int) -> int:
     kv = getattr(cfg, "num_key_value_heads", None)
     if kv:
         return int(kv)
@@ -384,27 +310,12 @@ def _embedding_tied(model) -> bool:
         return False
 
 
-def _max_context(cfg) -> int:
+def max_context_of(cfg) -> int:
+    """Tokens of context the model accepts, from its config (a dict for ChatGLM2)."""
     for key in ("max_position_embeddings", "n_positions", "seq_length", "max_sequence_length"):
-        value = getattr(cfg, key, None)
+        value = cfg.get(key) if isinstance(cfg, dict) else getattr(cfg, key, None)
         if value:
             return int(value)
     return 2048
 
 
-# ---------------------------------------------------------------------------- JSON
-
-
-def model_profile_to_dict(profile: ModelProfile) -> dict:
-    d = asdict(profile)
-    d["weight_bytes"] = profile.weight_bytes
-    return d
-
-
-def model_profile_from_dict(d: dict) -> ModelProfile:
-    names = {f.name for f in fields(ModelProfile)}
-    kwargs = {k: v for k, v in d.items() if k in names}
-    for key in ("embed_modules", "head_modules"):
-        if key in kwargs:
-            kwargs[key] = tuple(kwargs[key])
-    return ModelProfile(**kwargs)

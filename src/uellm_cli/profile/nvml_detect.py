@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 
 from uellm_cli.profile import catalogue as cat
+from uellm_cli.profile.devices import Device, Link
 
 # PCIe peer copies lose some bandwidth through a host bridge and most of it across sockets;
 # these factors are rough (CUDA p2pBandwidthLatencyTest orders of magnitude).
@@ -58,8 +59,6 @@ def _try(fn, *args, default=None):
 
 
 def _gpu_info(nv, index: int, h) -> dict:
-    from uellm_cli.profile.hardware import Device
-
     raw = nv.nvmlDeviceGetName(h)
     name = raw.decode() if isinstance(raw, bytes) else str(raw)
     mem = nv.nvmlDeviceGetMemoryInfo(h)
@@ -118,8 +117,6 @@ def _nvlinks(nv, h) -> list[tuple[str, int]]:
 
 
 def _pair_link(nv, handles, infos, i: int, j: int):
-    from uellm_cli.profile.hardware import Link
-
     a, b = infos[i], infos[j]
     gpu_buses = {info["bus"] for info in infos}
     links_a, links_b = _nvlinks(nv, handles[i]), _nvlinks(nv, handles[j])

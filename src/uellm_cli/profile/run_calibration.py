@@ -15,6 +15,7 @@ from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
 
+from uellm_cli.jobs.durable import atomic_write_json
 from uellm_cli.profile.calibrate import _slug, calibrations_dir, fit
 from uellm_cli.profile.calibration import Calibration
 
@@ -67,10 +68,7 @@ def record_batches(
         fit_error={"batch_mape": mape, "source": "runs", "batches": len(history),
                    **({"threads": threads} if threads else {})},
     )
-    target = path.with_name(path.name.replace("--batches.jsonl", "--runs.json"))
-    tmp = target.with_suffix(".tmp")
-    tmp.write_text(json.dumps(asdict(cal), indent=2))
-    tmp.replace(target)
+    atomic_write_json(path.with_name(path.name.replace("--batches.jsonl", "--runs.json")), asdict(cal))
     return cal
 
 

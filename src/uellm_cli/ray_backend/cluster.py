@@ -21,7 +21,7 @@ from uellm_cli.errors import ConfigError
 from uellm_cli.plan.types import Replica
 from uellm_cli.profile import catalogue as cat
 from uellm_cli.profile.calibration import Calibration
-from uellm_cli.profile.hardware import Cluster, Device, Link
+from uellm_cli.profile.devices import Cluster, Device, Link
 
 ACCELERATOR_PREFIX = "accelerator_type:"
 NET_LINK = Link("net", 12.5e9, 20e-6, "between Ray nodes (assumed 100 Gb/s)")

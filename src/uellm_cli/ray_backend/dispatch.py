@@ -19,9 +19,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Protocol
 
-from uellm_cli.engine.executor import BatchCallback, PreparedRow, error_result, short_error
-from uellm_cli.engine.results import BatchRecord, RowResult
+from uellm_cli.engine.base import BatchCallback
+from uellm_cli.engine.rows import PreparedRow, error_result, short_error
 from uellm_cli.errors import ReplicasLostError
+from uellm_cli.jobs.results import BatchRecord, RowResult
 from uellm_cli.plan.types import Plan, PlannedBatch
 from uellm_cli.ray_backend.queue import MAX_ATTEMPTS, Assignment, BatchQueue
 

@@ -3,8 +3,8 @@
 The only module that imports Ray. The runner uses it as a context manager:
 
     with RayBackend(address) as ray_backend:
-        ray_cluster = ray_backend.cluster(replicas=...)   # plan with ray_cluster.cluster
-        ray_backend.start(spec_for, plan, ray_cluster)     # actors load the model
+        ray_cluster = ray_backend.cluster(cpu, replicas=...)  # plan with ray_cluster.cluster
+        ray_backend.start(spec_for, plan)                    # actors load the model
         ray_backend.run(plan, rows, on_batch, clock=..., stop=...)
 
 On exit our actors are killed and, if this run called ray.init, ray.shutdown: that leaves a
@@ -21,7 +21,8 @@ import time
 import uuid
 from collections.abc import Callable
 
-from uellm_cli.engine.executor import BatchCallback, PreparedRow
+from uellm_cli.engine.base import BatchCallback
+from uellm_cli.engine.rows import PreparedRow
 from uellm_cli.errors import ConfigError, UellmError
 from uellm_cli.plan.types import Plan, PlannedBatch, Replica
 from uellm_cli.ray_backend import check_reachable, require_ray
@@ -54,6 +55,7 @@ class RayBackend:
         self.max_restarts = max_restarts
         self.started_here = False  # ray.init was called here (else: a caller's connection)
         self.actors: dict[int, object] = {}
+        self.ray_cluster: RayCluster | None = None  # as cluster() last read it
         self.notes: list[str] = []
         self.tag = uuid.uuid4().hex[:8]  # actor names: uellm-<tag>-replica-<i>
 
@@ -87,15 +89,20 @@ class RayBackend:
         """The cluster Ray sees now; `cpu` (this machine's) is the template for CPU nodes."""
         import ray
 
-        return cluster_from_nodes(nodes_from_ray(ray.nodes()), cpu, replicas=replicas,
-                                  address=self.address)
+        self.ray_cluster = cluster_from_nodes(nodes_from_ray(ray.nodes()), cpu, replicas=replicas,
+                                              address=self.address)
+        return self.ray_cluster
 
-    def start(self, spec_for: Callable[[Replica, object], WorkerSpec], plan: Plan,
-              ray_cluster: RayCluster) -> None:
-        """One actor per replica, pinned to its node; returns when all are loaded.
-        A replica that fails to load is dropped (noted); none at all is ReplicaStartError."""
+    def start(self, spec_for: Callable[[Replica, object], WorkerSpec], plan: Plan) -> None:
+        """One actor per replica of a plan made for `cluster()`'s cluster, pinned to its node;
+        returns when all are loaded. A replica that fails to load is dropped (noted); none at
+        all is ReplicaStartError."""
         import ray
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        ray_cluster = self.ray_cluster
+        if ray_cluster is None:
+            raise RuntimeError("RayBackend.start needs the cluster() the plan was made for")
 
         start = time.perf_counter()
         remote = ray.remote(ReplicaWorker)

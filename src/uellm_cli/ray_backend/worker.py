@@ -14,8 +14,11 @@ import socket
 import time
 from dataclasses import dataclass
 
-from uellm_cli.engine.executor import Executor, PreparedRow
-from uellm_cli.engine.results import BatchRecord, RowResult
+from uellm_cli.engine.executor import Executor
+from uellm_cli.engine.loader import LoadOptions
+from uellm_cli.engine.models import ResolvedModel
+from uellm_cli.engine.rows import PreparedRow
+from uellm_cli.jobs.results import BatchRecord, RowResult
 from uellm_cli.plan.types import PlannedBatch
 
 
@@ -25,12 +28,9 @@ class WorkerSpec:
 
     replica: int
     model: str  # --model as given (resolved again on a node without the driver's folder)
-    resolved: object  # engine.models.ResolvedModel on the driver
+    resolved: ResolvedModel  # on the driver
     device_map: dict[str, str] | None
-    dtype: str | None
-    trust_remote_code: bool
-    raw_prompt: bool
-    threads: int
+    load: LoadOptions  # threads: the actor's CPUs unless --threads says
     fail_fast: bool
 
 
@@ -38,16 +38,14 @@ class ReplicaWorker:
     """Loads at construction (Ray restarts an actor by constructing it again)."""
 
     def __init__(self, spec: WorkerSpec):
-        from uellm_cli.engine.hf_engine import HFEngine
-        from uellm_cli.engine.models import load_model, load_tokenizer
+        from uellm_cli.engine.loader import hf_replica
+        from uellm_cli.engine.models import load_tokenizer
 
         start = time.perf_counter()
         self.spec = spec
         resolved = _resolve_here(spec)
-        tokenizer = load_tokenizer(resolved, trust_remote_code=spec.trust_remote_code)
-        model = load_model(resolved, device_map=spec.device_map, dtype=spec.dtype,
-                           trust_remote_code=spec.trust_remote_code, threads=spec.threads)
-        engine = HFEngine(tokenizer, model, raw_prompt=spec.raw_prompt)
+        tokenizer = load_tokenizer(resolved, trust_remote_code=spec.load.trust_remote_code)
+        engine = hf_replica(resolved, tokenizer, spec.device_map, spec.load)
         self.epoch0 = 0.0
         self.executor = Executor({spec.replica: engine}, clock=self._clock, fail_fast=spec.fail_fast)
         self.load_s = time.perf_counter() - start

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from uellm_cli.engine.results import BatchRecord, RowResult
+from uellm_cli.jobs.results import BatchRecord, RowResult
 from uellm_cli.profile import length_features
 
 if TYPE_CHECKING:

@@ -11,7 +11,7 @@ import io
 import re
 from collections.abc import Sequence
 
-from uellm_cli.engine.results import BatchRecord, RowResult
+from uellm_cli.jobs.results import BatchRecord, RowResult
 from uellm_cli.report.metrics import row_latency, row_slo_met
 
 RASTERIZE_ABOVE = 2000  # points; beyond this a scatter becomes an embedded PNG inside the SVG

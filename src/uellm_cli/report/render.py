@@ -1,6 +1,6 @@
 """Turn RunMetrics into what people and programs read: a short rich summary and report.json.
 
-The HTML page lives in render_html.py, its charts in plots.py. Nothing here computes a metric
+The HTML page lives in render_html.py, its charts in plots.py, number formats in formats.py. Nothing here computes a metric
 (report/metrics.py does) or prints: callers show the returned renderable on their console.
 """
 
@@ -16,45 +16,14 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
-from uellm_cli.engine.results import BatchRecord, RowResult
+from uellm_cli.jobs.durable import atomic_write_bytes
+from uellm_cli.jobs.results import BatchRecord, RowResult
+from uellm_cli.report.formats import fmt_pct, fmt_rate, fmt_s, fmt_signed_pct
 from uellm_cli.report.metrics import RunMetrics
 
 REPORT_JSON = "report.json"
-REPORT_HTML = "report.html"
+REPORT_HTML = "report.html"  # written by render_html.py
 REPORT_SCHEMA = 1
-
-
-# ---------------------------------------------------------------------------- number formats
-
-
-def fmt_pct(x: float | None) -> str:
-    return "n/a" if x is None else f"{100 * x:.1f}%"
-
-
-def fmt_s(x: float | None) -> str:
-    if x is None:
-        return "n/a"
-    if abs(x) >= 120:
-        return f"{x / 60:.1f} min"
-    return f"{x:.3g} s" if abs(x) < 10 else f"{x:.1f} s"
-
-
-def fmt_rate(x: float | None, unit: str = "tok/s") -> str:
-    return "n/a" if x is None else f"{x:,.1f} {unit}"
-
-
-def fmt_signed_pct(x: float | None) -> str:
-    return "n/a" if x is None else f"{100 * x:+.1f}%"
-
-
-def fmt_bytes(x: float | None) -> str:
-    if x is None:
-        return "n/a"
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(x) < 1024 or unit == "TiB":
-            return f"{x:.0f} {unit}" if unit == "B" else f"{x:.1f} {unit}"
-        x /= 1024
-    return f"{x} B"  # pragma: no cover
 
 
 # ---------------------------------------------------------------------------- terminal
@@ -158,32 +127,5 @@ def write_report_json(
     del results
     doc = report_document(metrics, plan_dict=plan_dict, options=options, versions=versions,
                           batches=batches, utilisation=utilisation, title=title)
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / REPORT_JSON
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(doc, indent=1, allow_nan=False) + "\n", encoding="utf-8")
-    tmp.replace(path)
-    return path
-
-
-def write_report_html(
-    out_dir: Path,
-    metrics: RunMetrics,
-    *,
-    plan_dict: dict | None = None,
-    options: Mapping | None = None,
-    versions: Mapping | None = None,
-    results: Sequence[RowResult] = (),
-    batches: Sequence[BatchRecord] = (),
-    utilisation: Sequence[dict] | None = None,
-    title: str | None = None,
-) -> Path:
-    """Write out_dir/report.html: one self-contained page (render_html.py builds it).
-    title: the page heading, e.g. "uellm run nightly" (default "uellm run")."""
-    from uellm_cli.report import render_html
-
-    return render_html.write_report_html(
-        out_dir, metrics, plan_dict=plan_dict, options=options, versions=versions,
-        results=results, batches=batches, utilisation=utilisation, title=title,
-    )
+    text = json.dumps(doc, indent=1, allow_nan=False) + "\n"
+    return atomic_write_bytes(Path(out_dir) / REPORT_JSON, text.encode("utf-8"))

@@ -8,17 +8,12 @@ import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from uellm_cli.engine.results import BatchRecord, RowResult
+from uellm_cli.jobs.durable import atomic_write_bytes
+from uellm_cli.jobs.results import BatchRecord, RowResult
 from uellm_cli.report import plots
+from uellm_cli.report.formats import fmt_bytes, fmt_pct, fmt_rate, fmt_s, fmt_signed_pct
 from uellm_cli.report.metrics import RunMetrics, row_latency, row_slo_met
-from uellm_cli.report.render import (
-    REPORT_HTML,
-    fmt_bytes,
-    fmt_pct,
-    fmt_rate,
-    fmt_s,
-    fmt_signed_pct,
-)
+from uellm_cli.report.render import REPORT_HTML
 
 LIST_LIMIT = 20  # rows shown in the "slowest" and "failed" tables
 
@@ -216,10 +211,4 @@ def render_html(
 
 def write_report_html(out_dir: Path, metrics: RunMetrics, **kwargs) -> Path:
     """Write out_dir/report.html (atomically); kwargs as render_html."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / REPORT_HTML
-    tmp = path.with_suffix(".html.tmp")
-    tmp.write_text(render_html(metrics, **kwargs), encoding="utf-8")
-    tmp.replace(path)
-    return path
+    return atomic_write_bytes(Path(out_dir) / REPORT_HTML, render_html(metrics, **kwargs).encode("utf-8"))

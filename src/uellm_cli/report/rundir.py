@@ -11,13 +11,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-from uellm_cli.engine.results import BatchRecord, RowResult
 from uellm_cli.errors import InputError
+from uellm_cli.jobs.results import BatchRecord, RowResult
 from uellm_cli.report.metrics import RunMetrics, summarize
 from uellm_cli.report.render import REPORT_JSON, write_report_json
 from uellm_cli.report.render_html import write_report_html
 
-_ROW_FIELDS = {f.name for f in fields(RowResult)}
 _BATCH_FIELDS = {f.name for f in fields(BatchRecord)}
 
 
@@ -36,17 +35,6 @@ class RunData:
     title: str | None = None
 
 
-def _row_from_record(i: int, rec: dict) -> RowResult:
-    known = {k: v for k, v in rec.items() if k in _ROW_FIELDS and k not in ("warnings", "passthrough")}
-    known.setdefault("index", i)
-    warnings = rec.get("warnings")
-    return RowResult(
-        **known,
-        warnings=[w for w in warnings.split("; ") if w] if isinstance(warnings, str) else list(warnings or []),
-        passthrough={k: v for k, v in rec.items() if k not in _ROW_FIELDS},
-    )
-
-
 def _records(run_dir: Path) -> list[dict]:
     parquet, jsonl = run_dir / "results.parquet", run_dir / "results.jsonl"
     if parquet.exists():
@@ -61,7 +49,7 @@ def _records(run_dir: Path) -> list[dict]:
 
 def load_results(run_dir: Path) -> list[RowResult]:
     """RowResults of a run folder, in input order (index from the file, else its position)."""
-    return [_row_from_record(i, rec) for i, rec in enumerate(_records(Path(run_dir)))]
+    return [RowResult.from_record(rec, i) for i, rec in enumerate(_records(Path(run_dir)))]
 
 
 def load_run(run_dir: Path) -> RunData:

@@ -13,15 +13,15 @@ A map that needs the CPU or disk (the model does not fit the devices) is left ou
 
 from __future__ import annotations
 
-from uellm_cli.plan.deployer import (
+from uellm_cli.plan.replicas import (
     MEM_FRACTION,
     replica_kv_budget,
     stages_from_device_map,
     usable_bytes,
 )
 from uellm_cli.plan.types import Deployment, Replica
-from uellm_cli.profile.hardware import Cluster
-from uellm_cli.profile.model import ModelProfile
+from uellm_cli.profile.devices import Cluster
+from uellm_cli.profile.model_profile import ModelProfile
 
 STRATEGIES = ("auto", "balanced", "sequential")
 

@@ -33,9 +33,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from uellm_cli.plan.types import Replica
-from uellm_cli.profile.calibration import Calibration
-from uellm_cli.profile.hardware import Cluster, Device
-from uellm_cli.profile.model import ModelProfile
+from uellm_cli.profile.calibration import Calibration, same_model
+from uellm_cli.profile.devices import Cluster, Device
+from uellm_cli.profile.model_profile import ModelProfile
 
 
 @dataclass(slots=True, frozen=True)
@@ -133,7 +133,7 @@ class CostModel:
     def _coef(self, dev: Device) -> _DevCoef:
         p = self.params
         cal = self.calibrations.get(dev.name)
-        if cal is not None and not _same_model(cal.model, self.model.name):
+        if cal is not None and not same_model(cal.model, self.model.name):
             self._ignored[dev.id] = f"calibration of {dev.name} was measured with {cal.model}"
             cal = None
         fe = max(dev.flops, 1.0) * p.compute_eff
@@ -278,53 +278,34 @@ class CostModel:
             if c.cal is not None:
                 cals.append((s.share, *c.cal.prefill, *c.cal.decode))
                 continue
-            fe, be = 1.0 / c.fe, 1.0 / c.be
-            roof.append((
-                s.k, self.layer_flops * fe, self.layer_attn * fe, self.model.layer_bytes * be,
-                self.kv_layer * be, (self.kv_layer + 2 * self.act) * be,
-                self.act * be if s.embed else 0.0,
-                self.head_flops * fe if s.head else 0.0, self.head_read_bytes * be if s.head else 0.0,
+            per_flop, per_byte = 1.0 / c.fe, 1.0 / c.be
+            roof.append((  # _roofline_stage_timer's arguments, in order
+                s.k, self.layer_flops * per_flop, self.layer_attn * per_flop,
+                self.model.layer_bytes * per_byte, self.kv_layer * per_byte,
+                (self.kv_layer + 2 * self.act) * per_byte, self.act * per_byte if s.embed else 0.0,
+                self.head_flops * per_flop if s.head else 0.0,
+                self.head_read_bytes * per_byte if s.head else 0.0,
                 s.k * p.layer_overhead_s + (p.step_overhead_s if s.head else 0.0),
             ))
-        hop_lat = sum(self.cluster.link(a, z).latency for a, z in hops)
-        hop_inv = sum(self.act / self.cluster.link(a, z).bandwidth for a, z in hops)
-        roof_t, cals_t = tuple(roof), tuple(cals)
-        if len(roof_t) == 1 and not cals_t and not hops:
-            return _single_stage_timer(*roof_t[0])
+        hop_latency_s = sum(self.cluster.link(a, z).latency for a, z in hops)
+        hop_s_per_token = sum(self.act / self.cluster.link(a, z).bandwidth for a, z in hops)
+        stage_timers = tuple(_roofline_stage_timer(*coefs) for coefs in roof)
+        calibrated = tuple(cals)
+        if len(stage_timers) == 1 and not calibrated and not hops:
+            return stage_timers[0]
 
-        def fn(b: int, n: int, new: int) -> float:
+        def fn(batch: int, prompt: int, new: int) -> float:
             steps = new - 1 if new > 1 else 0
-            c0, c1 = n + 1, n + steps
-            t = hop_lat * (1 + steps) + b * hop_inv * (n + steps)
-            for k, lf, la, lb, kv, ka, ac, hf, hr, over in roof_t:
-                comp = b * (n * lf + la * n * (n + 1) * 0.5)
-                mem = lb + b * n * ka
-                hd = b * hf
-                if hd < hr:
-                    hd = hr
-                t += k * (comp if comp > mem else mem) + over + ac * b * n + hd * (1 + steps)
-                if steps:
-                    t += steps * (over + ac * b)
-                    # k * sum_{c=c0}^{c1} max(a1 + b1 c, a2 + b2 c)
-                    # (inlined _sum_max_lines: this closure is the scheduler's inner loop)
-                    a1, b1, a2, b2 = b * lf, b * la, lb, b * kv
-                    if b1 > b2 or (b1 == b2 and a1 >= a2):
-                        sp, sq, fp, fq = a1, b1, a2, b2
-                    else:
-                        sp, sq, fp, fq = a2, b2, a1, b1
-                    x = (fp - sp) / (sq - fq) if sq != fq else -1.0
-                    if x < c0:
-                        t += k * (steps * sp + sq * (c0 + c1) * steps * 0.5)
-                    elif x >= c1:
-                        t += k * (steps * fp + fq * (c0 + c1) * steps * 0.5)
-                    else:
-                        cut = int(x)
-                        n1, n2 = cut - c0 + 1, c1 - cut
-                        t += k * (n1 * fp + fq * (c0 + cut) * n1 * 0.5 + n2 * sp + sq * (cut + 1 + c1) * n2 * 0.5)
-            for share, p0, p1, p2, d0, d1, d2 in cals_t:
-                t += share * (p0 + p1 * b * n + p2 * b * n * n)
-                if steps:
-                    t += share * (steps * (d0 + d1 * b) + d2 * b * (c0 + c1) * steps * 0.5)
+            t = hop_latency_s * (1 + steps) + batch * hop_s_per_token * (prompt + steps)
+            for stage_time in stage_timers:
+                t += stage_time(batch, prompt, new)
+            if calibrated:
+                first_ctx, last_ctx = prompt + 1, prompt + steps
+                for share, p0, p1, p2, d0, d1, d2 in calibrated:
+                    t += share * (p0 + p1 * batch * prompt + p2 * batch * prompt * prompt)
+                    if steps:
+                        t += share * (steps * (d0 + d1 * batch)
+                                      + d2 * batch * (first_ctx + last_ctx) * steps * 0.5)
             return t
 
         return fn
@@ -368,44 +349,46 @@ class CostModel:
         }
 
 
-def _same_model(a: str, b: str) -> bool:
-    """Loose model-name match: case-insensitive, and a folder path matches its basename."""
-    if not a:
-        return True
+def _roofline_stage_timer(layers, layer_flop_s, attn_flop_s, weight_read_s, kv_read_s,
+                          prefill_bytes_s, embed_s, head_flop_s, head_read_s,
+                          overhead_s) -> Callable[[int, int, int], float]:
+    """`(batch, prompt, new_tokens) -> seconds` of one roofline stage (CostModel._compile): the
+    prefill, then the decode steps in closed form. Arguments are per-row (or per-token)
+    seconds: `layer_flop_s` of a decoder layer's matmuls, `attn_flop_s` of attention per context
+    token, `weight_read_s` of reading a layer's weights, `kv_read_s` of reading one token's KV,
+    `prefill_bytes_s` of a prompt token's KV and activations, `embed_s` of the embedding,
+    `head_flop_s`/`head_read_s` of the lm_head; `overhead_s` per forward. This closure is the
+    scheduler's inner loop, so the sums are inlined."""
 
-    def norm(x: str) -> str:
-        return x.rstrip("/\\").replace("\\", "/").rsplit("/", 1)[-1].lower()
-
-    return a.lower() == b.lower() or norm(a) == norm(b)
-
-
-def _single_stage_timer(k, lf, la, lb, kv, ka, ac, hf, hr, over) -> Callable[[int, int, int], float]:
-    """CostModel._compile's closure for the common one-device roofline replica, unrolled."""
-
-    def fn(b: int, n: int, new: int) -> float:
+    def fn(batch: int, prompt: int, new: int) -> float:
         steps = new - 1 if new > 1 else 0
-        comp = b * (n * lf + la * n * (n + 1) * 0.5)
-        mem = lb + b * n * ka
-        hd = b * hf
-        if hd < hr:
-            hd = hr
-        t = k * (comp if comp > mem else mem) + over + ac * b * n + hd * (1 + steps)
+        compute = batch * (prompt * layer_flop_s + attn_flop_s * prompt * (prompt + 1) * 0.5)
+        memory = weight_read_s + batch * prompt * prefill_bytes_s
+        head = batch * head_flop_s
+        if head < head_read_s:
+            head = head_read_s
+        t = (layers * (compute if compute > memory else memory) + overhead_s
+             + embed_s * batch * prompt + head * (1 + steps))
         if not steps:
             return t
-        c0, c1 = n + 1, n + steps
-        t += steps * (over + ac * b)
-        a1, b1, b2 = b * lf, b * la, b * kv
-        if b1 > b2 or (b1 == b2 and a1 >= lb):
-            sp, sq, fp, fq = a1, b1, lb, b2
+        first_ctx, last_ctx = prompt + 1, prompt + steps
+        t += steps * (overhead_s + embed_s * batch)
+        # layers * sum over the decode contexts c of max(compute(c), memory(c)): two lines in c
+        # (compute_at0 + compute_slope c, weight_read_s + memory_slope c), summed piecewise
+        # around their crossing.
+        compute_at0, compute_slope, memory_slope = batch * layer_flop_s, batch * attn_flop_s, batch * kv_read_s
+        if compute_slope > memory_slope or (compute_slope == memory_slope and compute_at0 >= weight_read_s):
+            steep_at0, steep_slope, flat_at0, flat_slope = compute_at0, compute_slope, weight_read_s, memory_slope
         else:
-            sp, sq, fp, fq = lb, b2, a1, b1
-        x = (fp - sp) / (sq - fq) if sq != fq else -1.0
-        if x < c0:
-            return t + k * (steps * sp + sq * (c0 + c1) * steps * 0.5)
-        if x >= c1:
-            return t + k * (steps * fp + fq * (c0 + c1) * steps * 0.5)
-        cut = int(x)
-        n1, n2 = cut - c0 + 1, c1 - cut
-        return t + k * (n1 * fp + fq * (c0 + cut) * n1 * 0.5 + n2 * sp + sq * (cut + 1 + c1) * n2 * 0.5)
+            steep_at0, steep_slope, flat_at0, flat_slope = weight_read_s, memory_slope, compute_at0, compute_slope
+        cross = (flat_at0 - steep_at0) / (steep_slope - flat_slope) if steep_slope != flat_slope else -1.0
+        if cross < first_ctx:
+            return t + layers * (steps * steep_at0 + steep_slope * (first_ctx + last_ctx) * steps * 0.5)
+        if cross >= last_ctx:
+            return t + layers * (steps * flat_at0 + flat_slope * (first_ctx + last_ctx) * steps * 0.5)
+        cut = int(cross)
+        below, above = cut - first_ctx + 1, last_ctx - cut
+        return t + layers * (below * flat_at0 + flat_slope * (first_ctx + cut) * below * 0.5
+                             + above * steep_at0 + steep_slope * (cut + 1 + last_ctx) * above * 0.5)
 
     return fn

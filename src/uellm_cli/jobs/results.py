@@ -1,8 +1,10 @@
-"""RowResult: what the executor emits per row; the writers and the report consume it."""
+"""RowResult and BatchRecord: what the executors emit, and what the writers, the report and
+the history consume. A RowResult becomes a flat record (a dict) only to be written."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, fields
 
 
 @dataclass(slots=True)
@@ -39,6 +41,22 @@ class RowResult:
             d["input_" + k if k in d or k == "index" else k] = v
         return d
 
+    @classmethod
+    def from_record(cls, rec: Mapping, index: int | None = None) -> RowResult:
+        """The RowResult a record was made from (the result log, a results file): result
+        fields by name, every other key a passthrough column. `index` is used when the
+        record has none (a results file row's position)."""
+        known = {k: v for k, v in rec.items() if k in _FIELDS and k not in ("warnings", "passthrough")}
+        if index is not None:
+            known.setdefault("index", index)
+        warnings = rec.get("warnings")
+        return cls(
+            **known,
+            warnings=[w for w in warnings.split("; ") if w] if isinstance(warnings, str)
+            else list(warnings or []),
+            passthrough={k: v for k, v in rec.items() if k not in _FIELDS},
+        )
+
 
 RESULT_FIELDS = [
     "id", "status", "output_text", "finish_reason", "prompt_tokens", "output_tokens",
@@ -66,3 +84,6 @@ class BatchRecord:
     forecast_start_s: float | None = None
     forecast_finish_s: float | None = None
     status: str = "ok"  # "ok" | "error" | "oom_split"
+
+
+_FIELDS = {f.name for f in fields(RowResult)}

@@ -1,0 +1,137 @@
+"""Finish: every input row's result in input order, written with the errors, the report and
+the manifest; then what the run teaches (the cost model's run calibration, the history).
+
+The metrics cover the whole job: rows of this attempt, rows a resume kept, rows rejected
+before running and rows skipped as hopeless (`--on-miss skip`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+from uellm_cli.config import RunConfig
+from uellm_cli.errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_PARTIAL
+from uellm_cli.jobs.results import RowResult
+from uellm_cli.report.metrics import RunMetrics
+from uellm_cli.run.execute import Executed
+from uellm_cli.run.observer import RunOutcome
+from uellm_cli.run.outdir import RunFolder
+from uellm_cli.run.planning import Planned
+from uellm_cli.run.prepare import PreparedJob
+
+
+def finish(cfg: RunConfig, prepared: PreparedJob, planned: Planned, folder: RunFolder,
+           executed: Executed, skipped: dict[int, RowResult]) -> RunOutcome:
+    """Write what the run produced and return its outcome (exit status included)."""
+    results = final_results(prepared, folder.done, skipped)
+    outcome = RunOutcome(exit_code=EXIT_OK, out_dir=cfg.out, rows_total=prepared.job.n_input)
+    for r in results:
+        if r.status == "ok":
+            outcome.rows_ok += 1
+        elif r.status == "rejected":
+            outcome.rows_rejected += 1
+        else:
+            outcome.rows_error += 1
+    planned.plan.notes.extend(executed.notes)
+    if executed.interrupted:
+        folder.finish("interrupted")
+        outcome.state, outcome.exit_code = "interrupted", EXIT_INTERRUPTED
+        return outcome
+
+    from uellm_cli.jobs.writers import write_errors, write_results
+
+    outcome.results_path = write_results(
+        cfg.out, [r.to_record() for r in results], fmt=cfg.output_format,
+        passthrough_columns=prepared.job.passthrough_columns, model_name=prepared.model.name,
+    )
+    write_errors(cfg.out, error_entries(prepared, results))
+    outcome.metrics, outcome.report_html = _report(cfg, planned, folder, executed, results)
+    folder.finish("complete", {r.index: r for r in results})
+    _learn_costs(cfg, planned, executed)
+    if cfg.record_history:
+        _record_history(cfg, prepared, folder, outcome.metrics, results)
+    missed = any(r.slo_met is False for r in results)
+    if outcome.rows_error or outcome.rows_rejected or missed:
+        outcome.exit_code = EXIT_PARTIAL
+    return outcome
+
+
+def final_results(prepared: PreparedJob, done: dict[int, RowResult],
+                  skipped: dict[int, RowResult]) -> list[RowResult]:
+    """One result per input row, in input order: logged results, skipped rows, rejections."""
+    by_index = dict(done) | skipped
+    for e in [*prepared.job.errors, *prepared.rejected]:
+        if e.index is not None:
+            by_index[e.index] = RowResult(index=e.index, id=e.id if e.id is not None else "",
+                                          status="rejected", error_code=e.code, error_message=e.reason)
+    return [by_index[i] for i in sorted(by_index)]
+
+
+def error_entries(prepared: PreparedJob, results: list[RowResult]) -> list[dict]:
+    """errors.jsonl: where each row that is not ok came from (file, line, field) and why."""
+    job = prepared.job
+    lines = {r.index: r.line for r in job.rows}
+    where = {e.index: e for e in [*job.errors, *prepared.rejected] if e.index is not None}
+    out = []
+    for r in results:
+        if r.status == "ok":
+            continue
+        src = where.get(r.index) if r.status == "rejected" else None
+        out.append({
+            "file": src.file if src else str(job.path),
+            "line": src.line if src else lines.get(r.index),
+            "id": r.id,
+            "field": src.field if src else None,
+            "code": r.error_code,
+            "reason": r.error_message,
+        })
+    return out
+
+
+def _report(cfg: RunConfig, planned: Planned, folder: RunFolder, executed: Executed,
+            results: list[RowResult]):
+    """Metrics over every input row, the forecast beside them; report.json and report.html."""
+    from uellm_cli.plan.planner import plan_to_dict
+    from uellm_cli.report.metrics import forecast_summary, summarize
+    from uellm_cli.report.rundir import write_reports
+
+    plan = planned.plan
+    forecast = forecast_summary(plan, {i: q.predicted_tokens for i, q in planned.queries.items()})
+    metrics = summarize(results, executed.batches, model_load_s=executed.model_load_s,
+                        forecast=forecast, utilisation=executed.samples)
+    _, html = write_reports(cfg.out, metrics, results=results, batches=executed.batches,
+                            utilisation=executed.samples, plan_dict=plan_to_dict(plan),
+                            options=folder.manifest.options, versions=folder.manifest.versions,
+                            title=f"uellm run {cfg.job.stem}")
+    return metrics, html
+
+
+def _learn_costs(cfg: RunConfig, planned: Planned, executed: Executed) -> None:
+    """Refit the cost model from this run's static batches (one-device replicas only), so the
+    next forecast for this model and device comes from what the engine really did."""
+    from uellm_cli.profile.run_calibration import record_batches
+
+    replicas = planned.plan.deployment.replicas
+    if cfg.engine != "hf" or cfg.backend != "local" or len(replicas) != 1 or len(replicas[0].stages) != 1:
+        return
+    try:
+        device = planned.target.cluster.device(replicas[0].stages[0].device)
+    except KeyError:
+        return
+    threads = planned.target.threads if device.kind == "cpu" else None
+    with contextlib.suppress(OSError):  # an optimisation: a read-only home must not fail the run
+        record_batches(executed.batches, engine="hf", device_name=device.name,
+                       model=planned.model.name, threads=threads)
+
+
+def _record_history(cfg: RunConfig, prepared: PreparedJob, folder: RunFolder,
+                    metrics: RunMetrics, results: list[RowResult]) -> None:
+    from uellm_cli import store
+
+    manifest = folder.manifest
+    store.record_run(store.RunRecord(
+        metrics=metrics, results=results, rows=prepared.job.rows, job_path=cfg.job,
+        fingerprint=manifest.fingerprint, model=prepared.model.name, options=manifest.options,
+        versions=manifest.versions, out_dir=cfg.out, started_at=manifest.started_at,
+        finished_at=manifest.finished_at,
+    ))
