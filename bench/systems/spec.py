@@ -18,7 +18,7 @@ DESCRIPTIONS = {
     "hf-cb": "transformers continuous batching (ContinuousBatchingManager), FIFO",
     "vllm": "vLLM offline engine on the CPU, FCFS",
     "vllm-priority": "vLLM offline engine, scheduling_policy=priority from deadlines",
-    "uellm": "uellm run --policy",
+    "uellm": "uellm run with its defaults (--engine auto)",
 }
 
 HF_CB_DEFAULT_SLOTS = 32
@@ -33,11 +33,13 @@ class SystemSpec:
     mode: str = ""  # hf: naive | static | cb; uellm: the policy
     batch_size: int = 1  # hf-static: rows per batch; hf-cb: concurrent requests
     priority: bool = False  # vllm: deadline-derived priorities
-    engine: str = "hf"  # uellm: --engine (vllm runs with bench/.venv-vllm's uellm)
+    engine: str = "hf"  # uellm: --engine (hf, vllm, or auto for the `uellm` system)
     replicas: int = 0  # uellm: > 0 runs --backend ray --replicas N (a local Ray)
 
     @property
     def description(self) -> str:
+        if self.kind == "uellm" and self.engine == "auto":
+            return DESCRIPTIONS["uellm"]
         if self.kind == "uellm":
             return f"uellm run --policy {self.mode}" + (
                 f" --engine {self.engine}" if self.engine != "hf" else "") + (
@@ -63,6 +65,8 @@ def parse_system(name: str) -> SystemSpec:
     if name in ("vllm", "vllm-priority"):
         return SystemSpec(name, "vllm", "priority" if name.endswith("priority") else "fcfs",
                           priority=name.endswith("priority"))
+    if name == "uellm":  # what a user gets: every option at its default
+        return SystemSpec(name, "uellm", "slo-odbs", engine="auto")
     m = re.fullmatch(r"uellm-vllm(?:-(.+))?", name)  # uellm-vllm = slo-odbs on the vllm engine
     if m and (m.group(1) or "slo-odbs") in UELLM_POLICIES:
         return SystemSpec(name, "uellm", m.group(1) or "slo-odbs", engine="vllm")
@@ -72,7 +76,7 @@ def parse_system(name: str) -> SystemSpec:
     if name.startswith("uellm-") and name[len("uellm-"):] in UELLM_POLICIES:
         return SystemSpec(name, "uellm", name[len("uellm-"):])
     raise ValueError(
-        f"unknown system '{name}': use hf-naive, hf-static-N, hf-cb[-N], vllm, vllm-priority, "
+        f"unknown system '{name}': use hf-naive, hf-static-N, hf-cb[-N], vllm, vllm-priority, uellm, "
         + ", ".join(f"uellm-{p}" for p in UELLM_POLICIES) + ", uellm-vllm[-POLICY], uellm-ray-N"
     )
 

@@ -1,5 +1,5 @@
-"""Adapter for uellm: `uellm run JOB --policy P --out DIR -q --no-history` in a subprocess,
-then its results.parquet and report.json are read back."""
+"""Adapter for uellm: `uellm run JOB --policy P --engine E --out DIR -q --no-history` in a
+subprocess, then its results.parquet and report.json are read back."""
 
 from __future__ import annotations
 
@@ -34,8 +34,7 @@ def command(spec: SystemSpec, ctx: BenchContext, out_dir: Path, binary: Path) ->
            "-q", "--no-history", "--force"]
     if ctx.raw_prompt:
         cmd.append("--raw-prompt")
-    if spec.engine != "hf":
-        cmd += ["--engine", spec.engine]
+    cmd += ["--engine", spec.engine]
     if spec.replicas:
         cmd += ["--backend", "ray", "--replicas", str(spec.replicas)]
     return cmd + list(ctx.uellm_args)
@@ -43,14 +42,12 @@ def command(spec: SystemSpec, ctx: BenchContext, out_dir: Path, binary: Path) ->
 
 def run(spec: SystemSpec, ctx: BenchContext) -> SystemRun:
     binary = uellm_binary(ctx.uellm_bin)
-    if spec.engine == "vllm":  # uellm installed in the vLLM venv (pip install --no-deps -e .)
+    if spec.engine == "vllm":
         from systems.vllm import vllm_python
 
         py, why = vllm_python(ctx.vllm_python)
-        binary = py.with_name("uellm") if py is not None else None
-        if binary is None or not binary.exists():
-            return SystemRun(spec.name, "skipped", reason=why or "uellm is not installed in the "
-                             "vLLM venv (bench/.venv-vllm/bin/pip install --no-deps -e .)")
+        if py is None:
+            return SystemRun(spec.name, "skipped", reason=why)
     if binary is None:
         return SystemRun(spec.name, "skipped", reason="no uellm executable next to this python")
     work = ctx.work_dir / spec.name

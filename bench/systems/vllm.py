@@ -1,8 +1,11 @@
-"""Adapter for vLLM: runs bench/vllm_worker.py with the python of bench/.venv-vllm."""
+"""Adapter for vLLM: runs bench/vllm_worker.py with the bench's own python (the project's
+venv, where `make setup` installs vLLM beside uellm)."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import sys
 from pathlib import Path
 
 from systems.jobfile import deadline_priorities
@@ -11,22 +14,18 @@ from systems.outcome import BenchContext, SystemRun
 from systems.spec import SystemSpec
 
 BENCH = Path(__file__).resolve().parent.parent
-VENV = BENCH / ".venv-vllm"
 WORKER = BENCH / "vllm_worker.py"
 KV_CACHE_GIB = 1.0
 
 
 def vllm_python(explicit: Path | None = None) -> tuple[Path | None, str | None]:
-    """(python of the vLLM venv, None) or (None, why vLLM cannot run here)."""
-    py = explicit or VENV / "bin" / "python"
-    if explicit is None and (VENV / "SETUP_FAILED").exists():
-        why = (VENV / "SETUP_FAILED").read_text().strip().splitlines()
-        return None, f"bench/setup_vllm.sh failed: {why[0] if why else '?'}"
-    if not py.exists():
-        return None, "vLLM venv not installed (run bash bench/setup_vllm.sh)"
-    if explicit is None and not (VENV / "SETUP_OK").exists():
-        return None, "vLLM venv incomplete (rerun bash bench/setup_vllm.sh)"
-    return py, None
+    """(a python that imports vLLM, None) or (None, why vLLM cannot run here)."""
+    if explicit is not None:
+        return (explicit, None) if explicit.exists() else (None, f"{explicit} does not exist")
+    if importlib.util.find_spec("vllm") is None:
+        return None, ("vLLM is not installed in this venv (`make setup` installs it; "
+                      "VLLM_EXTRA=none leaves it out)")
+    return Path(sys.executable), None
 
 
 def model_support(model_path: Path) -> str | None:

@@ -15,13 +15,15 @@ OUTPUT_FORMATS = ("parquet", "jsonl", "openai")
 INPUT_FORMATS = ("jsonl", "parquet", "csv", "openai")
 ON_MISS = ("run", "skip")
 DTYPES = ("float32", "bfloat16", "float16")
-ENGINES = ("hf", "vllm")
+ENGINE_NAMES = ("hf", "vllm")  # what generates the tokens
+ENGINES = ("auto", *ENGINE_NAMES)  # --engine: auto forecasts each installed engine, runs the best
 BACKENDS = ("local", "ray")
 
 
 # Options added after the first release: at these values they behave as before the option
 # existed, so they stay out of the fingerprint and a run killed before an upgrade still resumes.
-LATER_OPTIONS_DEFAULTS = {"engine": "hf"}
+# `auto` stays out too: a resumed run keeps the engine its manifest says it chose.
+LATER_OPTIONS_DEFAULTS = {"engine": ("hf", "auto")}
 
 
 @dataclass(slots=True, frozen=True, kw_only=True)
@@ -51,7 +53,7 @@ class RunConfig:
     sample_interval_s: float = 1.0
     record_history: bool = True
     threads: int | None = None
-    engine: str = "hf"
+    engine: str = "auto"
     backend: str = "local"
     ray_address: str | None = None
     replicas: int | None = None
@@ -94,7 +96,7 @@ class RunConfig:
         if self.backend == "ray" and self.cluster is not None:
             raise ConfigError("--cluster and --backend ray contradict each other: with Ray the "
                               "cluster is read from Ray")
-        if self.backend == "ray" and self.engine != "hf":
+        if self.backend == "ray" and self.engine == "vllm":
             raise ConfigError(f"--backend ray runs the hf engine; --engine {self.engine} runs on "
                               "one machine only")
         if self.resume and self.force:
@@ -110,7 +112,7 @@ class RunConfig:
                   "sample_interval_s", "record_history", "cluster", "output_format", "threads",
                   "backend", "ray_address", "replicas"):
             d.pop(k)
-        for k, default in LATER_OPTIONS_DEFAULTS.items():
-            if d.get(k) == default:
+        for k, defaults in LATER_OPTIONS_DEFAULTS.items():
+            if d.get(k) in defaults:
                 d.pop(k)
         return d

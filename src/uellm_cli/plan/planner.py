@@ -23,11 +23,19 @@ from dataclasses import asdict, dataclass, replace
 
 from uellm_cli.config import ON_MISS
 from uellm_cli.errors import ConfigError, DoesNotFitError
-from uellm_cli.plan.costmodel import CostModel
+from uellm_cli.plan.costmodel import CostModel, Roofline
 from uellm_cli.plan.deployer import PlacementSearch
 from uellm_cli.plan.scheduler import get_scheduler, schedule
 from uellm_cli.plan.simulate import ForecastMetrics, forecast_metrics, forecast_rows
-from uellm_cli.plan.types import Deployment, Plan, PlannedBatch, Query, RowForecast
+from uellm_cli.plan.stream_forecast import stream_forecast
+from uellm_cli.plan.types import (
+    Deployment,
+    Plan,
+    PlannedBatch,
+    Query,
+    RowForecast,
+    StreamLimits,
+)
 from uellm_cli.profile.calibration import Calibration
 from uellm_cli.profile.devices import Cluster
 from uellm_cli.profile.model_profile import ModelProfile
@@ -77,6 +85,8 @@ def make_plan(
     policy_params: dict | None = None,
     judge_rows: int = JUDGE_ROWS,
     replicas: int | None = None,
+    roofline: Roofline | None = None,
+    engine: str = "hf",
 ) -> Plan:
     """Choose a deployment and a batch timeline for `queries` (see the module docstring).
     `replicas`: only deployments with exactly that many replicas (--replicas)."""
@@ -88,7 +98,7 @@ def make_plan(
         raise ConfigError(f"max batch size must be >= 1, got {max_batch_size}")
     sched = get_scheduler(policy, policy_params)  # validates policy and params early
     cap = max_batch_size or getattr(sched, "max_batch_size", None) or getattr(sched, "batch_size", 16)
-    cost = CostModel(model, cluster, calibrations)
+    cost = CostModel(model, cluster, calibrations, params=roofline)
     notes: list[str] = []
 
     candidates = helr_candidates(queries, model, cluster, cost, objective=objective, batch_cap=cap,
@@ -111,7 +121,11 @@ def make_plan(
     chosen = _pick(judged, objective)
 
     skipped: dict[int, RowForecast] = {}
-    if k > 1 or on_miss == "skip":
+    stream: dict[int, StreamLimits] = {}
+    if engine == "vllm":  # continuous batching: the chosen order, simulated step by step
+        chosen, stream = _streamed(chosen, queries, cost, policy, start_offset_s, max_batch_size,
+                                   policy_params, on_miss, skipped)
+    elif k > 1 or on_miss == "skip":
         chosen = _full(chosen, queries, cost, policy, start_offset_s, max_batch_size, policy_params,
                        on_miss, skipped)
     notes.extend(chosen.notes)
@@ -130,6 +144,7 @@ def make_plan(
             notes.append(f"{dev['device']}: {dev['note']}; using the roofline")
     return Plan(
         policy=policy,
+        engine=engine,
         deployment=chosen.deployment,
         batches=chosen.batches,
         forecast=forecast,
@@ -139,6 +154,7 @@ def make_plan(
         skipped=sorted(skipped),
         summary=metrics.to_dict(),
         cost_model=cost.describe(),
+        stream=stream,
     )
 
 
@@ -153,15 +169,17 @@ def reschedule(
     start_s: float = 0.0,
     max_batch_size: int | None = None,
     policy_params: dict | None = None,
+    roofline: Roofline | None = None,
 ) -> Plan:
     """Schedule the rows still to run on the deployment already loaded, with every time scaled
     by what the batches so far measured (`time_scale` = actual / forecast). The deployment is
     not reconsidered: the weights are in place."""
-    cost = CostModel(model, cluster, calibrations, time_scale=time_scale)
+    cost = CostModel(model, cluster, calibrations, roofline, time_scale=time_scale)
     batches = schedule(queries, plan.deployment.replicas, cost, policy=plan.policy, start_s=start_s,
                        max_batch_size=max_batch_size, params=policy_params)
     forecast = forecast_rows(batches, {q.index: q.deadline_s for q in queries})
-    return Plan(policy=plan.policy, deployment=plan.deployment, batches=batches, forecast=forecast,
+    return Plan(policy=plan.policy, engine=plan.engine, deployment=plan.deployment, batches=batches,
+                forecast=forecast,
                 start_offset_s=start_s, notes=[f"rescheduled at {start_s:.1f}s, time x{time_scale:.2f}"])
 
 
@@ -233,6 +251,29 @@ def _full(chosen: _Judged, queries, cost, policy, start, max_batch_size, params,
     return _Judged(chosen.deployment, batches, fc, chosen.metrics, len(queries), notes)  # metrics: by the caller
 
 
+def _streamed(chosen: _Judged, queries, cost, policy, start, max_batch_size, params, on_miss,
+              skipped: dict[int, RowForecast]) -> tuple[_Judged, dict[int, StreamLimits]]:
+    """The chosen deployment's schedule of every row, as vLLM will run it (stream_forecast);
+    with on_miss=skip the rows the simulation says miss are dropped and the rest re-simulated
+    (a few rounds: dropping rows only moves the others earlier)."""
+    by_index = {q.index: q for q in queries}
+    rows = list(queries)
+    for _ in range(SKIP_ROUNDS):
+        notes: list[str] = []
+        static = schedule(rows, chosen.deployment.replicas, cost, policy=policy, start_s=start,
+                          max_batch_size=max_batch_size, params=params, notes=notes)
+        batches, fc, stream = stream_forecast(static, by_index, chosen.deployment.replicas, cost,
+                                              start_s=start, max_batch_size=max_batch_size)
+        miss = {i for i, f in fc.items() if f.slo_met is False}
+        if on_miss != "skip" or not miss:
+            break
+        for i in miss:
+            f = fc[i]
+            skipped[i] = RowForecast(i, -1, -1, f.start_s, f.finish_s, f.deadline_s)
+        rows = [q for q in rows if q.index not in miss]
+    return _Judged(chosen.deployment, batches, fc, chosen.metrics, len(queries), notes), stream
+
+
 def _pick(judged: list[_Judged], objective: str) -> _Judged:
     best_att = max(j.attainment for j in judged)
     pool = [j for j in judged if j.attainment >= best_att - 1e-9]
@@ -289,6 +330,7 @@ def plan_to_dict(plan: Plan) -> dict:
     dep = plan.deployment
     return {
         "policy": plan.policy,
+        "engine": plan.engine,
         "start_offset_s": plan.start_offset_s,
         "deployment": {
             "strategy": dep.strategy,

@@ -78,6 +78,20 @@ class PlannedBatch:
 
 
 @dataclass(slots=True, frozen=True)
+class StreamLimits:
+    """The scheduler settings of one vLLM instance, as the plan starts it (plan/continuous.py
+    simulates them; engine/vllm_settings.py starts vLLM with them)."""
+
+    max_num_seqs: int
+    max_num_batched_tokens: int
+    kv_cache_bytes: int
+    kv_blocks: int
+    block_size: int
+    max_model_len: int
+    watermark_blocks: int = 0
+
+
+@dataclass(slots=True, frozen=True)
 class RowForecast:
     index: int
     replica: int
@@ -103,9 +117,12 @@ class Plan:
     batches: list[PlannedBatch]
     forecast: dict[int, RowForecast]
     start_offset_s: float = 0.0
+    engine: str = "hf"  # the engine it is a plan for (its cost model and start-up)
     alternatives: list[dict] = field(default_factory=list)  # other deployments with their forecast
     notes: list[str] = field(default_factory=list)
     # Rows not run under --on-miss skip (their RowForecast stays in `forecast`, replica/batch -1).
     skipped: list[int] = field(default_factory=list)
     summary: dict = field(default_factory=dict)  # simulate.ForecastMetrics.to_dict() of this plan
+    # Continuous batching (engine vllm): each replica's engine limits the forecast simulated.
+    stream: dict[int, StreamLimits] = field(default_factory=dict)
     cost_model: dict = field(default_factory=dict)  # CostModel.describe(): roofline or calibration

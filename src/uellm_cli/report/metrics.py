@@ -303,6 +303,8 @@ class RunMetrics:
     predictor: PredictorError
     replicas: list[ReplicaMetrics] = field(default_factory=list)
     model_load_s: float | None = None
+    engine: str | None = None  # what generated the tokens
+    engine_note: str | None = None  # why --engine auto chose it
     forecast: dict | None = None
     makespan_forecast_error: float | None = None  # relative_error(forecast, actual makespan)
     batch_finish_forecast_mae_s: float | None = None
@@ -328,6 +330,8 @@ def summarize(
     batches: list[BatchRecord],
     *,
     model_load_s: float | None = None,
+    engine: str | None = None,
+    engine_note: str | None = None,
     forecast: dict | None = None,
     utilisation: list[dict] | None = None,
 ) -> RunMetrics:
@@ -352,6 +356,8 @@ def summarize(
         predictor=predictor_error(results),
         replicas=per_replica(results, batches),
         model_load_s=model_load_s,
+        engine=engine,
+        engine_note=engine_note,
         forecast=dict(forecast) if forecast else None,
         makespan_forecast_error=relative_error((forecast or {}).get("makespan_s"), ms),
         batch_finish_forecast_mae_s=batch_forecast_mae(batches),

@@ -22,7 +22,8 @@ def render_plan(plan: Plan, profile: ModelProfile, cluster: Cluster,
     out: list = [
         f"[bold]{profile.name}[/bold] ({profile.dtype}, {profile.num_layers} layers, "
         f"{fmt_bytes(profile.weight_bytes)} weights) on {len(cluster.devices)} device(s); "
-        f"policy [bold]{plan.policy}[/bold], deployment [bold]{dep.strategy}[/bold] "
+        f"engine [bold]{plan.engine}[/bold], policy [bold]{plan.policy}[/bold], "
+        f"deployment [bold]{dep.strategy}[/bold] "
         f"with {len(dep.replicas)} replica(s)",
         _deployment_table(plan, profile, cluster),
         _alternatives_table(plan),

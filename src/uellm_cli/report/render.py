@@ -40,6 +40,8 @@ def summary_lines(m: RunMetrics) -> list[tuple[str, str]]:
         ("throughput", fmt_rate(m.throughput_tok_s)),
         ("latency", f"mean {fmt_s(m.latency.mean_s)}, p99 {fmt_s(m.latency.p99_s)}"),
     ]
+    if m.engine is not None:
+        lines.append(("engine", m.engine + (f" ({m.engine_note})" if m.engine_note else "")))
     if m.model_load_s is not None:
         lines.append(("model load", fmt_s(m.model_load_s)))
     fc = (m.forecast or {}).get("makespan_s")

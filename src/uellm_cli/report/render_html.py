@@ -77,6 +77,8 @@ def _cards(m: RunMetrics) -> str:
         _card("latency p99", fmt_s(m.latency.p99_s), f"max {fmt_s(m.latency.max_s)}"),
         _card("padding waste", fmt_pct(m.padding_waste), f"{m.batches} batches"),
     ]
+    if m.engine is not None:
+        cards.append(_card("engine", m.engine, m.engine_note or ""))
     if m.model_load_s is not None:
         cards.append(_card("model load", fmt_s(m.model_load_s)))
     return '<div class="cards">' + "".join(cards) + "</div>"

@@ -28,6 +28,8 @@ class RunData:
     batches: list[BatchRecord]
     forecast: dict | None = None
     model_load_s: float | None = None
+    engine: str | None = None
+    engine_note: str | None = None
     utilisation: list[dict] = field(default_factory=list)
     plan: dict | None = None
     options: dict = field(default_factory=dict)
@@ -68,6 +70,8 @@ def load_run(run_dir: Path) -> RunData:
         batches=[BatchRecord(**{k: v for k, v in b.items() if k in _BATCH_FIELDS}) for b in doc.get("batches", [])],
         forecast=doc.get("forecast"),
         model_load_s=doc.get("model_load_s"),
+        engine=(doc.get("metrics") or {}).get("engine"),
+        engine_note=(doc.get("metrics") or {}).get("engine_note"),
         utilisation=doc.get("utilisation") or [],
         plan=doc.get("plan"),
         options=doc.get("options") or {},
@@ -98,6 +102,7 @@ def rerender(run_dir: Path) -> tuple[RunMetrics, RunData, Path]:
     """Recompute the metrics of a run folder and rewrite its report.html (report.json stays)."""
     data = load_run(run_dir)
     metrics = summarize(data.results, data.batches, model_load_s=data.model_load_s,
+                        engine=data.engine, engine_note=data.engine_note,
                         forecast=data.forecast, utilisation=data.utilisation)
     html_path = write_report_html(Path(run_dir), metrics, results=data.results, batches=data.batches,
                                   utilisation=data.utilisation, plan_dict=data.plan, options=data.options,

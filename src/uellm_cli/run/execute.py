@@ -76,7 +76,7 @@ def run_plan(cfg: RunConfig, prepared: PreparedJob, planned: Planned,
     if ray is not None:  # one actor per replica, each loading on its node
         ray.start(_worker_spec_for(cfg, prepared, planned), plan)
     else:
-        engines = load_engines(cfg.engine, model.resolved, model.tokenizer, plan,
+        engines = load_engines(planned.engine, model.resolved, model.tokenizer, plan,
                                load_options(cfg, planned), rows=todo, model_profile=planned.model)
     done = Executed(model_load_s=clock() - load_start)
 
@@ -94,7 +94,7 @@ def run_plan(cfg: RunConfig, prepared: PreparedJob, planned: Planned,
     with interrupts.gently(observer), sampler:
         if ray is not None:  # replicas pull batches in plan order
             ray.run(plan, todo, on_batch, clock=clock, stop=interrupts.stop, fail_fast=cfg.fail_fast)
-        elif cfg.engine == "vllm":  # continuous batching: rows queued in the plan's order
+        elif planned.engine == "vllm":  # continuous batching: rows queued in the plan's order
             executor.run_stream(plan, todo, on_batch, replan=replanner)
         else:
             executor.run(plan, todo, on_batch, replan=replanner)

@@ -98,6 +98,7 @@ def _report(cfg: RunConfig, planned: Planned, folder: RunFolder, executed: Execu
     plan = planned.plan
     forecast = forecast_summary(plan, {i: q.predicted_tokens for i, q in planned.queries.items()})
     metrics = summarize(results, executed.batches, model_load_s=executed.model_load_s,
+                        engine=planned.engine, engine_note=planned.engine_note,
                         forecast=forecast, utilisation=executed.samples)
     _, html = write_reports(cfg.out, metrics, results=results, batches=executed.batches,
                             utilisation=executed.samples, plan_dict=plan_to_dict(plan),
@@ -112,7 +113,7 @@ def _learn_costs(cfg: RunConfig, planned: Planned, executed: Executed) -> None:
     from uellm_cli.profile.run_calibration import record_batches
 
     replicas = planned.plan.deployment.replicas
-    if cfg.engine != "hf" or cfg.backend != "local" or len(replicas) != 1 or len(replicas[0].stages) != 1:
+    if planned.engine != "hf" or cfg.backend != "local" or len(replicas) != 1 or len(replicas[0].stages) != 1:
         return
     try:
         device = planned.target.cluster.device(replicas[0].stages[0].device)

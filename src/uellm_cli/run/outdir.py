@@ -53,12 +53,13 @@ class RunFolder:
                 cfg.out, self.fingerprint, resume=cfg.resume, force=cfg.force,
                 retry_errors=cfg.retry_errors, file_sha256=job.file_sha256, options=self.options)
             self.done = {i: RowResult.from_record(r) for i, r in self.state.done.items()}
-            self.manifest = self._manifest()
-            self.manifest.start_attempt()
-            self.manifest.set_counts(self.done)
-            self.manifest.save(cfg.out)  # from here on a signal must be recorded: __exit__
-        except BaseException:
-            self.lock.__exit__(None, None, None)
+            manifest = self._manifest()
+            manifest.start_attempt()
+            manifest.set_counts(self.done)
+            self.manifest = manifest  # from here on __exit__ records how the attempt ended,
+            manifest.save(cfg.out)  # even for a signal that lands during this save
+        except BaseException as exc:
+            self.__exit__(type(exc), exc, exc.__traceback__)
             raise
         return self
 
@@ -82,6 +83,20 @@ class RunFolder:
     def skipped(self) -> int:
         """Rows a resume does not run again."""
         return len(self.state.skip) if self.state else 0
+
+    def resumed_engines(self) -> list[str] | None:
+        """With --engine auto, a resumed run keeps the engine it started on (runs from before
+        the engine was recorded ran hf); None: choose afresh."""
+        previous = self.state.previous if self.state else None
+        if self.cfg.engine != "auto" or previous is None:
+            return None
+        return [previous.engine or "hf"]
+
+    def record_engine(self, engine: str, note: str | None) -> None:
+        """Write down which engine runs the job (and why), before it loads."""
+        if self.manifest.engine != engine:
+            self.manifest.engine, self.manifest.engine_note = engine, note
+            self.manifest.save(self.cfg.out)
 
     def todo(self, rows: Mapping[int, PreparedRow]) -> dict[int, PreparedRow]:
         """The prepared rows this attempt runs (not done, or failed and --retry-errors)."""

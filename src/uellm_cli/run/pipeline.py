@@ -16,7 +16,7 @@ from uellm_cli.run.execute import run_plan, skip_hopeless
 from uellm_cli.run.finish import finish
 from uellm_cli.run.observer import RunObserver, RunOutcome
 from uellm_cli.run.outdir import RunFolder
-from uellm_cli.run.planning import local_target, plan_rows, ray_target
+from uellm_cli.run.planning import local_targets, plan_rows, ray_targets
 from uellm_cli.run.signals import Interrupts
 
 
@@ -42,11 +42,10 @@ def run_job(cfg: RunConfig, *, observer: RunObserver | None = None,
         ray = _connect_ray(cfg, obs, backends)
         todo = folder.todo(prepared.rows)
         obs.stage("planning")
-        target = (ray_target(_ray_cluster(ray, cfg), cfg, model.name) if ray is not None
-                  else local_target(cfg, model.name))
-        planned = plan_rows(cfg, prepared, todo, target, now_s=clock())
-        if ray is not None:
-            planned.plan.notes[:0] = target.cluster.notes
+        targets = (ray_targets(_ray_cluster(ray, cfg), cfg, prepared) if ray is not None
+                   else local_targets(cfg, prepared, engines=folder.resumed_engines()))
+        planned = plan_rows(cfg, todo, targets, now_s=clock())
+        folder.record_engine(planned.engine, planned.engine_note)
         skipped = skip_hopeless(cfg, planned.plan, todo)
         interrupts.raise_if_stopped()  # a swallowed interrupt: do not load the model for nothing
         executed = run_plan(cfg, prepared, planned, todo, folder, clock=clock,

@@ -1,9 +1,10 @@
 """Plan: prepared rows to a Plan, the one path `uellm run` and `uellm plan` both take.
 
-The steps: where it runs (the target: this machine, a --cluster spec, or what Ray reports, with
-the calibrations that apply to its devices), the model profiled for the dtype the engine will
-load there, each row's output length predicted, then plan.make_plan with the start-up that
-comes before the first batch (loading counts on the run clock).
+The steps: where it runs and on which engine (the target: this machine, a --cluster spec, or
+what Ray reports, with the engine's calibrations for its devices), the model profiled for the
+dtype the engine will load there, each row's output length predicted, then plan.make_plan with
+the start-up that comes before the first batch (loading counts on the run clock). With
+`--engine auto` every candidate engine gets a plan and the best forecast wins (run/engines.py).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from dataclasses import dataclass
 
 from uellm_cli.config import RunConfig
 from uellm_cli.engine.rows import PreparedRow
+from uellm_cli.plan.costmodel import ENGINE_ROOFLINES, Roofline
 from uellm_cli.plan.types import Deployment, Plan, Query
 from uellm_cli.profile.calibration import Calibration
 from uellm_cli.profile.devices import Cluster
@@ -22,45 +24,83 @@ from uellm_cli.run.prepare import PreparedJob
 
 @dataclass(slots=True)
 class Target:
-    """Where a plan runs: the devices, the calibrations that apply to them, the CPU threads
-    the run computes with (decided once: plan, model load and run calibration agree), and the
-    notes that come with the cluster (e.g. from Ray)."""
+    """Where a plan runs and on what: the devices, the engine, that engine's calibrations of
+    them, and the CPU threads the run computes with (decided once: plan, model load and run
+    calibration agree)."""
 
     cluster: Cluster
+    engine: str
     calibrations: dict[str, Calibration]
     threads: int | None = None
+
+    @property
+    def roofline(self) -> Roofline:
+        """The engine's roofline, for devices without a calibration."""
+        return ENGINE_ROOFLINES[self.engine]
 
 
 @dataclass(slots=True)
 class Planned:
-    """A plan with what it was made from (replanning while the run goes reuses them)."""
+    """A plan with what it was made from (replanning while the run goes reuses them).
+    `engine_note`: why `--engine auto` chose this engine (None when it was forced)."""
 
     plan: Plan
     queries: dict[int, Query]
     model: ModelProfile
     target: Target
+    engine_note: str | None = None
+
+    @property
+    def engine(self) -> str:
+        return self.target.engine
 
 
-def local_target(cfg: RunConfig, model_name: str) -> Target:
-    """This machine (or the --cluster spec), with the run's thread count and the calibrations
-    of this engine and model, a CPU one slowed to the threads the run will use."""
+@dataclass(slots=True)
+class Targets:
+    """What a plan is made for: one target per engine to judge (one unless `--engine auto`),
+    the model as those engines load it, why auto judges only one engine (`engine_note`), and
+    notes that come with the cluster (Ray's)."""
+
+    targets: list[Target]
+    profile: ModelProfile
+    notes: list[str]
+    engine_note: str | None = None
+
+
+def local_targets(cfg: RunConfig, prepared: PreparedJob, *,
+                  engines: Sequence[str] | None = None) -> Targets:
+    """This machine (or the --cluster spec) for each candidate engine (run/engines.py, or
+    `engines` when given: a resumed run keeps its engine), with the run's thread count and each
+    engine's calibrations of this model, a CPU one slowed to the threads the run will use."""
     from uellm_cli.profile.calibrate import load_calibrations
     from uellm_cli.profile.hardware import resolve_cluster
     from uellm_cli.profile.threads import choose_cpu_threads
+    from uellm_cli.run.engines import candidates
 
     cluster = resolve_cluster(cfg.cluster)
+    profile = model_profile(prepared, cluster, cfg.dtype)
+    note = None
+    if engines is None:
+        engines, note = candidates(cfg, profile, cluster)
+    elif cfg.engine == "auto":
+        note = f"auto: {engines[0]} (the engine the run it resumes started on)"
     threads = choose_cpu_threads(cfg.threads)
-    calibrations = for_cpu_threads(load_calibrations(cfg.engine, model=model_name), cluster, threads)
-    return Target(cluster, calibrations, threads)
+    targets = [Target(cluster, engine, for_cpu_threads(
+        load_calibrations(engine, model=profile.name), cluster, threads), threads)
+        for engine in engines]
+    return Targets(targets, profile, [], note)
 
 
-def ray_target(ray_cluster, cfg: RunConfig, model_name: str) -> Target:
+def ray_targets(ray_cluster, cfg: RunConfig, prepared: PreparedJob) -> Targets:
     """The cluster Ray reports (ray_backend.cluster.RayCluster), each CPU slot with this
-    machine's CPU calibration scaled to its share of the threads."""
+    machine's CPU calibration scaled to its share of the threads. Ray runs the hf engine."""
     from uellm_cli.profile.calibrate import load_calibrations
 
-    calibrations = ray_cluster.with_slot_calibrations(load_calibrations(cfg.engine, model=model_name))
-    return Target(ray_cluster.cluster, calibrations, cfg.threads)
+    profile = model_profile(prepared, ray_cluster.cluster, cfg.dtype)
+    calibrations = ray_cluster.with_slot_calibrations(load_calibrations("hf", model=profile.name))
+    return Targets([Target(ray_cluster.cluster, "hf", calibrations, cfg.threads)], profile,
+                   list(ray_cluster.cluster.notes),
+                   "auto: hf (Ray actors run the hf engine)" if cfg.engine == "auto" else None)
 
 
 def for_cpu_threads(calibrations: Mapping[str, Calibration], cluster: Cluster,
@@ -124,24 +164,31 @@ def predict(cfg: RunConfig, model_name: str, rows: Mapping[int, PreparedRow]) ->
     return queries
 
 
-def plan_rows(cfg: RunConfig, prepared: PreparedJob, rows: Mapping[int, PreparedRow],
-              target: Target, *, now_s: float = 0.0, objective: str = "helr",
-              extra_deployments: Sequence[Deployment] = (),
-              profile: ModelProfile | None = None) -> Planned:
-    """The plan of `rows` (the prepared rows still to run) on `target`, starting after the
-    engine's start-up from `now_s` on the run clock. `profile`: model_profile()'s, when the
-    caller has it already."""
+def plan_rows(cfg: RunConfig, rows: Mapping[int, PreparedRow], targets: Targets, *,
+              now_s: float = 0.0, objective: str = "helr",
+              extra_deployments: Sequence[Deployment] = ()) -> Planned:
+    """The plan of `rows` (the prepared rows still to run), starting after the engine's
+    start-up from `now_s` on the run clock. With several targets (one per candidate engine,
+    `--engine auto`), each is planned and the best forecast is kept (run/engines.py); the
+    plan's notes say which engine it is for, and why."""
     from uellm_cli.plan.planner import make_plan
+    from uellm_cli.run.engines import choose
 
-    profile = profile or model_profile(prepared, target.cluster, cfg.dtype)
+    profile = targets.profile
     queries = predict(cfg, profile.name, rows)
     for i, q in queries.items():
         rows[i].predicted_tokens = q.predicted_tokens
-    plan = make_plan(
-        list(queries.values()), profile, target.cluster, policy=cfg.policy, objective=objective,
-        calibrations=target.calibrations,
-        start_offset_s=now_s + expected_startup_s(profile, cfg.engine, cfg.backend),
-        max_batch_size=cfg.max_batch_size, extra_deployments=extra_deployments,
-        on_miss=cfg.on_miss, replicas=cfg.replicas,
-    )
-    return Planned(plan, queries, profile, target)
+    planned = []
+    for target in targets.targets:
+        plan = make_plan(
+            list(queries.values()), profile, target.cluster, policy=cfg.policy,
+            objective=objective, calibrations=target.calibrations,
+            start_offset_s=now_s + expected_startup_s(profile, target.engine, cfg.backend),
+            max_batch_size=cfg.max_batch_size, extra_deployments=extra_deployments,
+            on_miss=cfg.on_miss, replicas=cfg.replicas, roofline=target.roofline,
+            engine=target.engine,
+        )
+        planned.append(Planned(plan, queries, profile, target, targets.engine_note))
+    best = choose(planned) if len(planned) > 1 else planned[0]
+    best.plan.notes[:0] = [n for n in (best.engine_note, *targets.notes) if n]
+    return best

