@@ -18,10 +18,10 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
-from uellm_cli.jobs.results import BatchRecord, RowResult
+from uellm_cli.jobs.results import BatchRecord, RowResult, StepRecord
 from uellm_cli.jobs.schema import Row, Sampling
 
 if TYPE_CHECKING:
@@ -101,6 +101,7 @@ class StreamStats:
     steps: int = 0
     failure: BaseException | None = None
     stopped: bool = False  # the stop flag ended it early; unfinished requests were aborted
+    step_log: list[StepRecord] = field(default_factory=list)  # each step, where it is readable
 
 
 StepCallback = Callable[[list[StreamResult]], None]
@@ -111,7 +112,8 @@ class StreamEngine(Protocol):
     """Runs requests with continuous batching in priority order. `on_step` is called after
     every engine step with the requests that ended in it (often none), so the caller can write
     results durably while the stream goes on. When `stop` is set, unfinished requests are
-    aborted after the current step and not reported."""
+    aborted after the current step and not reported. `in_flight(rank)`: at most that many
+    requests given to the engine at once while the next to give has that rank (None: all)."""
 
     name: str
 
@@ -124,6 +126,7 @@ class StreamEngine(Protocol):
         clock: Callable[[], float],
         on_step: StepCallback,
         stop: threading.Event | None = None,
+        in_flight: Callable[[int], int] | None = None,
     ) -> StreamStats: ...
 
 
@@ -134,8 +137,9 @@ def is_stream_engine(engine: object) -> bool:
 # What an executor hands back as batches end: the rows' results and the batch's record.
 BatchCallback = Callable[[list[RowResult], BatchRecord], None]
 # Given the rows still pending and the batch that just ended, a new plan for them (or None to
-# keep the current one).
-Replanner = Callable[[set[int], BatchRecord], "Plan | None"]
+# keep the current one). Stream engines also pass `progress=`: the tokens each running row has
+# generated so far.
+Replanner = Callable[..., "Plan | None"]
 
 
 class ExecutionState(Protocol):
@@ -147,3 +151,4 @@ class ExecutionState(Protocol):
     stop: threading.Event
     fail_fast: bool
     lock: threading.Lock
+    step_log: list[StepRecord]  # the engine steps of stream engines, where they are readable

@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 from uellm_cli.engine.base import BatchCallback, BatchEngine, Replanner
 from uellm_cli.engine.rows import PreparedRow, error_result, ok_result, short_error
-from uellm_cli.jobs.results import BatchRecord, RowResult
+from uellm_cli.jobs.results import BatchRecord, RowResult, StepRecord
 from uellm_cli.plan.types import Plan, PlannedBatch
 
 
@@ -36,6 +36,7 @@ class Executor:
         self.stop = stop or threading.Event()
         self.fail_fast = fail_fast
         self.lock = threading.Lock()
+        self.step_log: list[StepRecord] = []
         self._failure: BaseException | None = None
 
     def run(self, plan: Plan, rows: dict[int, PreparedRow], on_batch: BatchCallback,

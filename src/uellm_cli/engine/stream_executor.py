@@ -100,8 +100,18 @@ def _run_group(executor, plan, rows, on_batch, replica, engine, indexes, counter
     flusher = _Flusher(executor, plan, rows, on_batch, replica, counter)
     if replan is not None:
         flusher.after_flush = _Reorder(engine, replan, set(indexes), flusher)
+    hold = {}
+    limits = plan.stream.get(replica)
+    if limits is not None and limits.early_cap:  # few at once for the earliest rows, then all
+        def in_flight(rank: int) -> int:  # the revised plan's rule, once there is one
+            now = flusher.plan.stream.get(replica) or limits
+            return now.early_cap if now.early_cap and rank < now.early_rows else now.max_num_seqs
+
+        hold["in_flight"] = in_flight
     stats = engine.run_stream(requests, clock=executor.clock, on_step=flusher.add,
-                              stop=executor.stop)
+                              stop=executor.stop, **hold)
+    with executor.lock:
+        executor.step_log.extend(stats.step_log)
     flusher.flush()
     if executor.fail_fast and stats.failure is not None:
         raise stats.failure
@@ -121,7 +131,8 @@ class _Reorder:
         self.pending.difference_update(r.index for r in results)
         if not self.pending:
             return
-        plan = self.replan(set(self.pending), record)
+        progress = getattr(self.engine, "progress", None)  # rows started, tokens out so far
+        plan = self.replan(set(self.pending), record, **({"progress": progress()} if progress else {}))
         if plan is not None:
             self.flusher.plan = plan  # later groups are compared with the revised forecast
             order = plan_order(plan, self.pending)

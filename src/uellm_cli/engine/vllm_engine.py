@@ -1,9 +1,9 @@
 """The vLLM engine: continuous batching with vLLM's priority scheduler, fed in the plan's order.
 
-Every row is queued at once with `priority` = its rank in the plan (SLO-ODBS: deadline order
-with predicted lengths), so vLLM's scheduler admits rows in our order instead of arrival order;
-it then forms its own batches step by step. The engine is stepped by hand (`llm_engine.step()`,
-what `LLM.generate` does inside), so each row's finish time is the step that ended it.
+Every row is queued with `priority` = its rank in the plan, so vLLM's scheduler admits rows in
+our order instead of arrival order, and the plan may hold rows back (at most so many at once);
+vLLM forms its own batches step by step. The stream itself (stepping by hand, re-ordering,
+recording each step) is engine/vllm_stream.py.
 
 Prompts are tokenised by the same rule as the hf engine (`HFEngine.encode`), and vLLM gets the
 token ids, so both engines see identical tokens; EOS ids are the same set (tokenizer EOS plus
@@ -21,7 +21,6 @@ import threading
 import time
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
 from types import SimpleNamespace
 
 from uellm_cli.engine.base import (
@@ -32,8 +31,8 @@ from uellm_cli.engine.base import (
     StreamStats,
 )
 from uellm_cli.engine.hf_engine import HFEngine
-from uellm_cli.engine.rows import short_error as _short
 from uellm_cli.engine.vllm_settings import RowShape, VLLMSettings, plan_settings
+from uellm_cli.engine.vllm_stream import Live, VLLMStream
 from uellm_cli.errors import ConfigError, MissingExtraError
 from uellm_cli.jobs.schema import Row, Sampling
 
@@ -161,13 +160,6 @@ def load_vllm(resolved, tokenizer, plan, opts, *, rows, model_profile) -> dict:
 # ---------------------------------------------------------------------------- the engine
 
 
-@dataclass(slots=True)
-class _Live:
-    request: StreamRequest
-    token_ids: list[int] = field(default_factory=list)
-    started_s: float | None = None
-
-
 class VLLMEngine:
     """Batch and stream interfaces over one vllm.LLM (see engine/base.py)."""
 
@@ -181,7 +173,7 @@ class VLLMEngine:
         self.llm = llm
         self.eos_ids = set(self._text.eos_ids)
         self._ids = itertools.count()
-        self._stream: tuple | None = None  # (llm_engine, live, alias) while run_stream runs
+        self._stream: VLLMStream | None = None  # while run_stream runs
 
     def encode(self, row: Row) -> list[int]:
         return self._text.encode(row)
@@ -205,110 +197,25 @@ class VLLMEngine:
                            prompt_width=max((len(p) for p in prompts), default=0))
 
     def run_stream(self, requests: Sequence[StreamRequest], *, clock: Callable[[], float],
-                   on_step: StepCallback, stop: threading.Event | None = None) -> StreamStats:
-        """Queue every request with its priority, step the engine until all end (see base.py)."""
-        engine = self.llm.llm_engine
-        live: dict[str, _Live] = {}  # by our request id
-        alias: dict[str, str] = {}  # vLLM's internal id (ours + a suffix) -> ours
-        refused: list[StreamResult] = []
-        tag = next(self._ids)
-        for req in requests:
-            rid = f"uellm-{tag}-{req.index}"
-            try:
-                internal = engine.add_request(rid, {"prompt_token_ids": list(req.prompt_ids)},
-                                              self._params(req), priority=int(req.priority))
-            except Exception as exc:  # noqa: BLE001 - a refused request is that row's error
-                now = clock()
-                refused.append(StreamResult(req.index, None, now, now, "engine_error", _short(exc)))
-                continue
-            live[rid] = _Live(req)
-            alias[str(internal)] = rid
-        stats = StreamStats()
-        self._stream = (engine, live, alias)
+                   on_step: StepCallback, stop: threading.Event | None = None,
+                   in_flight: Callable[[int], int] | None = None) -> StreamStats:
+        """Give vLLM the requests in priority order (all at once, or at most `in_flight(rank)`
+        at a time) and step it until all end (engine/base.py, engine/vllm_stream.py)."""
+        self._stream = VLLMStream(self, requests, clock=clock, on_step=on_step, stop=stop,
+                                  in_flight=in_flight, tags=self._ids)
         try:
-            if refused:
-                on_step(refused)
-            self._step_until_done(engine, live, alias, clock, on_step, stop, stats)
-        except BaseException:  # e.g. Ctrl-C inside on_step: leave the engine empty for reuse
-            self._abort(engine, live)
-            raise
+            return self._stream.run()
         finally:
             self._stream = None
-        return stats
+
+    def progress(self) -> dict[int, int]:
+        """Tokens generated so far by each started row of the running stream."""
+        return {} if self._stream is None else self._stream.progress()
 
     def reprioritize(self, priorities: dict[int, int]) -> int:
-        """New priorities for requests that have not started (call it from on_step, between
-        steps): each is aborted and queued again with its new priority, which costs nothing
-        since vLLM has not worked on it yet. Running requests keep theirs. Returns how many
-        requests were queued again."""
-        if self._stream is None:
-            return 0
-        engine, live, alias = self._stream
-        waiting = [(rid, s) for rid, s in live.items()
-                   if s.started_s is None and s.request.index in priorities]
-        now_order = [s.request.index for _, s in sorted(waiting, key=lambda w: w[1].request.priority)]
-        if now_order == sorted(now_order, key=lambda i: priorities[i]):
-            return 0  # same order: ranks shifting as rows finish is no reason to re-queue
-        moved = 0
-        for rid, state in waiting:
-            new = priorities[state.request.index]
-            if new == state.request.priority:
-                continue
-            req = replace(state.request, priority=int(new))
-            fresh = f"{rid.rsplit('~', 1)[0]}~{moved}-{next(self._ids)}"
-            try:
-                internal = engine.add_request(fresh, {"prompt_token_ids": list(req.prompt_ids)},
-                                              self._params(req), priority=req.priority)
-            except Exception:  # noqa: BLE001 - keep the request as it was queued
-                continue
-            with contextlib.suppress(Exception):
-                engine.abort_request([rid])
-            del live[rid]
-            live[fresh] = _Live(req)
-            alias[str(internal)] = fresh
-            moved += 1
-        return moved
-
-    def _step_until_done(self, engine, live, alias, clock, on_step, stop, stats) -> None:
-        while live and engine.has_unfinished_requests():
-            if stop is not None and stop.is_set():
-                self._abort(engine, live)
-                stats.stopped = True
-                break
-            before = clock()
-            try:
-                outputs = engine.step()
-            except Exception as exc:  # noqa: BLE001 - the engine broke: its requests fail
-                now = clock()
-                failed = list(live.values())
-                self._abort(engine, live)
-                on_step([StreamResult(s.request.index, None, s.started_s or before, now,
-                                      "engine_error", _short(exc)) for s in failed])
-                stats.failure = exc
-                return
-            stats.steps += 1
-            now = clock()
-            ended: list[StreamResult] = []
-            for out in outputs:
-                rid = str(out.request_id)
-                rid = rid if rid in live else alias.get(rid, rid)
-                state = live.get(rid)
-                if state is None:
-                    continue
-                if state.started_s is None:
-                    state.started_s = before
-                comp = out.outputs[0] if out.outputs else None
-                if comp is not None:
-                    state.token_ids.extend(comp.token_ids)
-                if out.finished:
-                    ended.append(self._finish(state, comp, now))
-                    del live[rid]
-            on_step(ended)
-        if live and not stats.stopped:  # the engine says it is idle, yet requests are missing
-            now = clock()
-            on_step([StreamResult(s.request.index, None, s.started_s or now, now, "engine_error",
-                                  "vLLM ended without finishing this request")
-                     for s in live.values()])
+        """New priorities for the requests of the running stream that have not started (call
+        it from on_step, between steps); returns how many moved."""
+        return 0 if self._stream is None else self._stream.reprioritize(priorities)
 
     def _params(self, req: StreamRequest):
         from vllm import SamplingParams
@@ -328,7 +235,7 @@ class VLLMEngine:
             kw["stop"] = list(s.stop)
         return SamplingParams(**kw)
 
-    def _finish(self, state: _Live, comp, now: float) -> StreamResult:
+    def _finish(self, state: Live, comp, now: float) -> StreamResult:
         req = state.request
         started = state.started_s if state.started_s is not None else now
         reason = str(getattr(comp, "finish_reason", None) or "")
@@ -344,11 +251,6 @@ class VLLMEngine:
             ids.append(stop_reason)
         gen = self._text._decode(ids, req.sampling)
         return StreamResult(req.index, gen, started, now)
-
-    def _abort(self, engine, live: dict[str, _Live]) -> None:
-        with contextlib.suppress(Exception):
-            engine.abort_request(sorted(live))
-        live.clear()
 
 
 def _reason(exc: BaseException) -> str:

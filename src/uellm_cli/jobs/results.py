@@ -87,3 +87,16 @@ class BatchRecord:
 
 
 _FIELDS = {f.name for f in fields(RowResult)}
+
+
+@dataclass(slots=True, frozen=True)
+class StepRecord:
+    """What one continuous-batching engine step held, and how long it took (plan/steptime.py
+    names the fields): refits the step-time model after a vLLM run."""
+
+    prefill_tokens: int
+    prefill_attention: float
+    decode_rows: int
+    decode_context: float
+    sampled_rows: int
+    seconds: float

@@ -66,12 +66,15 @@ def stream_limits(replica_rows: Sequence[tuple[int, int]], *, kv_bytes_per_token
 
 @dataclass(slots=True)
 class SimRequest:
-    """One row for the simulator: its prompt, how many tokens it will generate, its rank."""
+    """One row for the simulator: its prompt, how many tokens it will generate, its rank.
+    `generated` > 0: it is already running with that many tokens out (a plan revised while
+    the job goes), its KV in place."""
 
     index: int
     prompt_tokens: int
     output_tokens: int
     priority: int
+    generated: int = 0
 
 
 @dataclass(slots=True)
@@ -101,15 +104,29 @@ def simulate(requests: Sequence[SimRequest], limits: StreamLimits, step: StepTim
              start_s: float = 0.0, max_running: int | None = None) -> SimResult:
     """Run the scheduler's rules (module docstring) over `requests`, all waiting at `start_s`.
     `max_running`: our own cap on rows running at once (we feed the engine), at most
-    limits.max_num_seqs."""
-    cap = min(limits.max_num_seqs, max_running or limits.max_num_seqs)
+    limits.max_num_seqs; limits.early_cap holds the first limits.early_rows (by rank) to fewer."""
+    top = min(limits.max_num_seqs, max_running or limits.max_num_seqs)
+    early = min(top, limits.early_cap or top)
+
+    def cap(rank: int) -> int:
+        return early if rank < limits.early_rows else top
+
     block, total_blocks = limits.block_size, limits.kv_blocks
-    waiting = [(r.priority, i, _Live(r, i)) for i, r in enumerate(requests)]
+    waiting = [(r.priority, i, _Live(r, i)) for i, r in enumerate(requests) if not r.generated]
     heapq.heapify(waiting)
     running: list[_Live] = []
     free = total_blocks
     now = start_s
     result = SimResult({}, {}, 0, 0)
+    for i, r in enumerate(requests):
+        if r.generated:  # running: its prompt and tokens so far computed, all but the last
+            live = _Live(r, i)
+            live.generated = r.generated  # callers keep output_tokens > generated
+            live.computed = r.prompt_tokens + r.generated - 1
+            live.blocks = _blocks_for(live.computed, block)
+            free -= live.blocks
+            running.append(live)
+            result.start_s[r.index] = start_s
     while waiting or running:
         if _fast_forward_ok(running, waiting, cap, free, block, limits):
             k = _decode_steps(running, free, block)
@@ -162,7 +179,7 @@ def _step(running, waiting, cap, free, block, limits, step, now, result):
         if victim is live:
             break
     if not preempted:
-        while waiting and budget > 0 and len(running) < cap:
+        while waiting and budget > 0 and len(running) < cap(waiting[0][0]):
             live = waiting[0][2]
             new = min(live.req.prompt_tokens + live.generated - live.computed, budget)
             need = _blocks_for(live.computed + new, block)
@@ -212,7 +229,7 @@ def _fast_forward_ok(running, waiting, cap, free, block, limits) -> bool:
     for live in running:
         if live.computed < live.req.prompt_tokens + live.generated - 1 or live.generated == 0:
             return False
-    if waiting and len(running) < cap:
+    if waiting and len(running) < cap(waiting[0][0]):
         head = waiting[0][2]
         need = _blocks_for(head.req.prompt_tokens + head.generated, block)
         if need <= free - limits.watermark_blocks:

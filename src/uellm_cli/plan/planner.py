@@ -170,17 +170,27 @@ def reschedule(
     max_batch_size: int | None = None,
     policy_params: dict | None = None,
     roofline: Roofline | None = None,
+    progress: dict[int, int] | None = None,
 ) -> Plan:
     """Schedule the rows still to run on the deployment already loaded, with every time scaled
     by what the batches so far measured (`time_scale` = actual / forecast). The deployment is
-    not reconsidered: the weights are in place."""
+    not reconsidered: the weights are in place. A continuous-batching plan (plan.stream) is
+    simulated again from where the engine is: `progress` = tokens out of each running row,
+    with the engine's limits as they were started."""
     cost = CostModel(model, cluster, calibrations, roofline, time_scale=time_scale)
     batches = schedule(queries, plan.deployment.replicas, cost, policy=plan.policy, start_s=start_s,
                        max_batch_size=max_batch_size, params=policy_params)
-    forecast = forecast_rows(batches, {q.index: q.deadline_s for q in queries})
+    stream: dict[int, StreamLimits] = {}
+    if plan.stream:
+        streamed = stream_forecast(batches, {q.index: q for q in queries}, plan.deployment.replicas,
+                                   cost, start_s=start_s, max_batch_size=max_batch_size,
+                                   policy=plan.policy, progress=progress, limits=plan.stream)
+        batches, forecast, stream = streamed.batches, streamed.forecast, streamed.limits
+    else:
+        forecast = forecast_rows(batches, {q.index: q.deadline_s for q in queries})
     return Plan(policy=plan.policy, engine=plan.engine, deployment=plan.deployment, batches=batches,
-                forecast=forecast,
-                start_offset_s=start_s, notes=[f"rescheduled at {start_s:.1f}s, time x{time_scale:.2f}"])
+                forecast=forecast, start_offset_s=start_s, stream=stream,
+                notes=[f"rescheduled at {start_s:.1f}s, time x{time_scale:.2f}"])
 
 
 def helr_candidates(queries: Sequence[Query], model: ModelProfile, cluster: Cluster, cost: CostModel, *,
@@ -253,25 +263,19 @@ def _full(chosen: _Judged, queries, cost, policy, start, max_batch_size, params,
 
 def _streamed(chosen: _Judged, queries, cost, policy, start, max_batch_size, params, on_miss,
               skipped: dict[int, RowForecast]) -> tuple[_Judged, dict[int, StreamLimits]]:
-    """The chosen deployment's schedule of every row, as vLLM will run it (stream_forecast);
-    with on_miss=skip the rows the simulation says miss are dropped and the rest re-simulated
-    (a few rounds: dropping rows only moves the others earlier)."""
-    by_index = {q.index: q for q in queries}
-    rows = list(queries)
-    for _ in range(SKIP_ROUNDS):
-        notes: list[str] = []
-        static = schedule(rows, chosen.deployment.replicas, cost, policy=policy, start_s=start,
-                          max_batch_size=max_batch_size, params=params, notes=notes)
-        batches, fc, stream = stream_forecast(static, by_index, chosen.deployment.replicas, cost,
-                                              start_s=start, max_batch_size=max_batch_size)
-        miss = {i for i, f in fc.items() if f.slo_met is False}
-        if on_miss != "skip" or not miss:
-            break
-        for i in miss:
-            f = fc[i]
-            skipped[i] = RowForecast(i, -1, -1, f.start_s, f.finish_s, f.deadline_s)
-        rows = [q for q in rows if q.index not in miss]
-    return _Judged(chosen.deployment, batches, fc, chosen.metrics, len(queries), notes), stream
+    """The chosen deployment's schedule of every row, as vLLM will run it (stream_forecast:
+    its order, concurrency and forecasts, by simulation; rows it skips go to `skipped`)."""
+    notes: list[str] = []
+    static = schedule(queries, chosen.deployment.replicas, cost, policy=policy, start_s=start,
+                      max_batch_size=max_batch_size, params=params, notes=notes)
+    streamed = stream_forecast(static, {q.index: q for q in queries}, chosen.deployment.replicas,
+                               cost, start_s=start, max_batch_size=max_batch_size, policy=policy,
+                               on_miss=on_miss)
+    skipped.update(streamed.skipped)
+    if policy != "slo-odbs":
+        streamed.notes[:0] = notes
+    return (_Judged(chosen.deployment, streamed.batches, streamed.forecast, chosen.metrics,
+                    len(queries), streamed.notes), streamed.limits)
 
 
 def _pick(judged: list[_Judged], objective: str) -> _Judged:
@@ -354,6 +358,7 @@ def plan_to_dict(plan: Plan) -> dict:
             for f in sorted(plan.forecast.values(), key=lambda f: f.index)
         ],
         "skipped": list(plan.skipped),
+        "stream": {str(r): asdict(lim) for r, lim in plan.stream.items()},
         "alternatives": [dict(a) for a in plan.alternatives],
         "cost_model": plan.cost_model,
         "notes": list(plan.notes),

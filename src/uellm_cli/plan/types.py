@@ -89,6 +89,10 @@ class StreamLimits:
     block_size: int
     max_model_len: int
     watermark_blocks: int = 0
+    # Held back by us (the engine is fed by hand): the first `early_rows` rows of the plan's
+    # order run at most `early_cap` at once, the rest up to max_num_seqs.
+    early_cap: int | None = None
+    early_rows: int = 0
 
 
 @dataclass(slots=True, frozen=True)

@@ -30,14 +30,16 @@ def fit_grid(prefill_pts, decode_pts) -> tuple[list[float], float, list[float], 
     return p, p_err, d, d_err
 
 
-def fit(rows: list[tuple[float, ...]], times: list[float]) -> tuple[list[float], float]:
-    """Non-negative least squares of `times` on `rows`, minimising relative error; returns the
+def fit(rows: list[tuple[float, ...]], times: list[float], *,
+        relative: bool = True) -> tuple[list[float], float]:
+    """Non-negative least squares of `times` on `rows`, minimising relative error (or, with
+    relative=False, seconds: right where the time goes, as a job's length needs); returns the
     coefficients and the MAPE of the fit on the same points."""
     import numpy as np
 
     a = np.asarray(rows, dtype=float)
     y = np.asarray(times, dtype=float)
-    w = 1.0 / np.maximum(y, 1e-12)
+    w = 1.0 / np.maximum(y, 1e-12) if relative else np.ones_like(y)
     coef = nnls(a * w[:, None], y * w)
     pred = a @ coef
     mape = float(np.mean(np.abs(pred - y) / np.maximum(y, 1e-12)))
@@ -109,9 +111,12 @@ def calibration_from_dict(d: dict) -> Calibration:
     )
 
 
-def load_calibrations(engine: str = "hf", model: str | None = None) -> dict[str, Calibration]:
-    """Stored calibrations keyed by device name (the newest per device; only `model`'s if given).
-    Unreadable files are skipped: a calibration is an optimisation, never a requirement."""
+def load_calibrations(engine: str = "hf", model: str | None = None,
+                      threads: int | None = None) -> dict[str, Calibration]:
+    """Stored calibrations keyed by device name (only `model`'s if given): per device the one
+    measured with `threads` CPU threads when there is one (a CPU's speed does not scale
+    simply with its threads), else the newest. Unreadable files are skipped: a calibration is
+    an optimisation, never a requirement."""
     out: dict[str, Calibration] = {}
     folder = calibrations_dir() / _slug(engine)
     if not folder.is_dir():
@@ -124,6 +129,10 @@ def load_calibrations(engine: str = "hf", model: str | None = None) -> dict[str,
         if cal.engine != engine or (model is not None and not same_model(cal.model, model)):
             continue
         old = out.get(cal.device_name)
-        if old is None or cal.measured_at > old.measured_at:
+        if old is None or _rank(cal, threads) > _rank(old, threads):
             out[cal.device_name] = cal
     return out
+
+
+def _rank(cal: Calibration, threads: int | None) -> tuple:
+    return (threads is not None and cal.threads == threads, cal.measured_at)

@@ -1,31 +1,42 @@
-"""Calibrate the cost model from the batches real runs executed.
+"""Calibrate the cost model from what real runs executed: the batches of the hf engine, the
+steps of the vLLM engine.
 
 A grid calibration (`uellm profile --calibrate`) times bare forward passes; a real batch also
 pays for `generate`'s loop, padding and sampling, and runs under whatever else the machine is
-doing. Every finished run therefore records its batches (rows, prompt width, steps, seconds)
-and refits the same Calibration form on them, so the next forecast is made from what this
-engine really did on this device. Stored beside the grid calibration; the newest one wins.
+doing. Every finished run therefore records what it ran and refits the same Calibration form
+on it, so the next forecast is made from what this engine really did on this device:
+- hf, per batch (rows, prompt width, steps, seconds): one prefill, then decode steps;
+- vLLM, per engine step (prefill tokens and attention, decode rows and context, seconds;
+  engine/vllm_steps.py): d0 + d1 * rows + d2 * context + p1 * prefill + p2 * attention, the
+  step-time model of plan/steptime.py, stored as Calibration(prefill=(d0, p1, p2),
+  decode=(d0, d1, d2)).
+Stored beside the grid calibration; the newest one wins.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
-from dataclasses import asdict
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
 from uellm_cli.jobs.durable import atomic_write_json
+from uellm_cli.jobs.results import StepRecord
 from uellm_cli.profile.calibrate import _slug, calibrations_dir, fit
 from uellm_cli.profile.calibration import Calibration
 
 KEEP_BATCHES = 2000  # newest observations used for the fit
 MIN_BATCHES = 6
 MIN_BATCH_SIZES = 2  # distinct batch sizes needed to tell per-row from per-step costs
+KEEP_STEPS = 10_000  # newest engine steps used for the fit
+STEPS_PER_RUN = 2000  # a run's steps, evenly thinned to at most this many
+MIN_STEPS = 30
+MIN_PREFILL_STEPS = 3  # steps with prompt tokens, to tell prefill from decode costs
 
 
-def observations_path(engine: str, device_name: str, model: str) -> Path:
-    return calibrations_dir() / _slug(engine) / f"{_slug(device_name)}--{_slug(model)}--batches.jsonl"
+def observations_path(engine: str, device_name: str, model: str, kind: str = "batches") -> Path:
+    return calibrations_dir() / _slug(engine) / f"{_slug(device_name)}--{_slug(model)}--{kind}.jsonl"
 
 
 def features(batch: int, prompt_tokens: int, steps: int) -> tuple[float, ...]:
@@ -51,24 +62,82 @@ def record_batches(
         if b.status == "ok" and b.steps > 0 and b.finished_s > b.started_s
     ]
     path = observations_path(engine, device_name, model)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a", encoding="utf-8") as f:
-        for o in obs:
-            f.write(json.dumps(o) + "\n")
-    history = [_at_threads(o, threads) for o in _read(path)[-KEEP_BATCHES:]]
+    history = [_at_threads(o, threads) for o in _append(path, obs, "rows")[-KEEP_BATCHES:]]
     if len(history) < MIN_BATCHES or len({o["rows"] for o in history}) < MIN_BATCH_SIZES:
         return None
     coef, mape = fit([features(o["rows"], o["prompt_width"], o["steps"]) for o in history],
                      [o["seconds"] for o in history])
-    cal = Calibration(
+    return _save(path, Calibration(
         device_name=device_name, engine=engine, model=model,
         prefill=(coef[0], coef[1], coef[2]), decode=(coef[3], coef[4], coef[5]),
-        measured_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        samples=len(history),
+        measured_at=_now(), samples=len(history),
         fit_error={"batch_mape": mape, "source": "runs", "batches": len(history),
                    **({"threads": threads} if threads else {})},
-    )
-    atomic_write_json(path.with_name(path.name.replace("--batches.jsonl", "--runs.json")), asdict(cal))
+    ))
+
+
+def record_steps(
+    steps: Sequence[StepRecord], *, engine: str, device_name: str, model: str,
+    threads: int | None = None, source: str = "runs",
+) -> Calibration | None:
+    """Append a run's engine steps (thinned to STEPS_PER_RUN) and refit the step-time model;
+    None while there are too few steps, or too few with prompt tokens, to fit it."""
+    every = max(1, -(-len(steps) // STEPS_PER_RUN))
+    obs = [asdict(st) | ({"threads": threads} if threads else {})
+           for st in steps[::every] if st.seconds > 0]
+    path = observations_path(engine, device_name, model, "steps")
+    seen = _append(path, obs, "decode_rows")[-KEEP_STEPS:]
+    same = [o for o in seen if o.get("threads") == threads]  # steps are plenty: fit like on like
+    cal = fit_steps(same, engine=engine, device_name=device_name, model=model, source=source)
+    if cal is None:
+        cal = fit_steps([_at_threads(o, threads) for o in seen], engine=engine,
+                        device_name=device_name, model=model, source=source)
+    if cal is None:
+        return None
+    if threads:
+        cal = replace(cal, fit_error={**cal.fit_error, "threads": threads})
+    return _save(path, cal)
+
+
+def fit_steps(steps: Sequence, *, engine: str, device_name: str, model: str,
+              source: str) -> Calibration | None:
+    """The step-time model fitted on steps (StepRecords, or their dicts); None when they
+    cannot tell its terms apart."""
+    rows = [st if isinstance(st, dict) else asdict(st) for st in steps]
+    if (len(rows) < MIN_STEPS or sum(r["prefill_tokens"] > 0 for r in rows) < MIN_PREFILL_STEPS
+            or len({r["decode_rows"] for r in rows}) < MIN_BATCH_SIZES):
+        return None
+    # In seconds, not relative: a job's length is its steps' sum, and a few long prefill steps
+    # weigh in it as much as hundreds of short decode steps.
+    coef, mape = fit([(1.0, r["decode_rows"], r["decode_context"], r["prefill_tokens"],
+                       r["prefill_attention"]) for r in rows], [r["seconds"] for r in rows],
+                     relative=False)
+    d0, d1, d2, p1, p2 = coef
+    return Calibration(device_name=device_name, engine=engine, model=model,
+                       prefill=(d0, p1, p2), decode=(d0, d1, d2), measured_at=_now(),
+                       samples=len(rows),
+                       fit_error={"step_mape": mape, "source": source, "steps": len(rows)})
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _append(path: Path, obs: list[dict], size_key: str) -> list[dict]:
+    """Append observations to a JSONL file; returns every readable one in it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a", encoding="utf-8") as f:
+        for o in obs:
+            f.write(json.dumps(o) + "\n")
+    return _read(path, size_key)
+
+
+def _save(path: Path, cal: Calibration) -> Calibration:
+    """Beside the observations, one fit per CPU thread count (load_calibrations prefers the
+    one of the run's threads)."""
+    kind = path.name.rsplit("--", 1)[-1]
+    name = "--runs.json" if not cal.threads else f"--runs-t{cal.threads}.json"
+    atomic_write_json(path.with_name(path.name.replace(f"--{kind}", name)), asdict(cal))
     return cal
 
 
@@ -83,12 +152,12 @@ def _at_threads(o: dict, threads: int | None) -> dict:
     return o | {"seconds": o["seconds"] * ran / threads}
 
 
-def _read(path: Path) -> list[dict]:
+def _read(path: Path, size_key: str = "rows") -> list[dict]:
     out = []
     for line in path.read_text(encoding="utf-8").splitlines():
         try:
             o = json.loads(line)
-            if o["rows"] > 0 and o["seconds"] > 0:
+            if o[size_key] >= 0 and o["seconds"] > 0:
                 out.append(o)
         except (ValueError, KeyError, TypeError):
             continue  # a torn line from a killed run

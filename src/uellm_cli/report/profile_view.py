@@ -63,7 +63,7 @@ def _render_calibrations(cals: dict, console: Console) -> None:
         return
     engine = next(iter(cals.values())).get("engine", "hf")
     ct = Table(title=f"calibration ({engine} engine)", title_justify="left")
-    for col in ("device", "prefill 1x512", "decode step b=1 ctx=512", "decode step b=16 ctx=512", "fit MAPE (prefill/decode)", "measured"):
+    for col in ("device", "prefill 1x512", "decode step b=1 ctx=512", "decode step b=16 ctx=512", "fit MAPE", "measured"):
         ct.add_column(col)
     for name, c in cals.items():
         p0, p1, p2 = c["prefill"]
@@ -71,7 +71,7 @@ def _render_calibrations(cals: dict, console: Console) -> None:
         err = c.get("fit_error", {})
         ct.add_row(escape(name), f"{(p0 + p1 * 512 + p2 * 512 * 512) * 1e3:.1f} ms",
                    f"{(d0 + d1 + d2 * 512) * 1e3:.1f} ms", f"{(d0 + 16 * d1 + 16 * d2 * 512) * 1e3:.1f} ms",
-                   f"{err.get('prefill_mape', float('nan')):.1%} / {err.get('decode_mape', float('nan')):.1%}",
+                   _fit_error(err),
                    c.get("measured_at", ""))
     console.print(ct)
 
@@ -84,3 +84,14 @@ def _render_job(job: dict, console: Console) -> None:
         jt.add_row(escape(str(s["id"])), str(s["prompt_tokens_est"]), str(s["max_new_tokens"]),
                    str(s["predicted_tokens"]), str(s["predicted_upper"]))
     console.print(jt)
+
+
+def _fit_error(err: dict) -> str:
+    """How well the calibration fits what it measured: per engine step (vLLM), per batch (runs
+    of the hf engine), or its prefill and decode grids."""
+    for key, label in (("step_mape", "per step"), ("batch_mape", "per batch")):
+        if key in err:
+            return f"{err[key]:.1%} {label}"
+    if "prefill_mape" in err:
+        return f"{err['prefill_mape']:.1%} prefill / {err.get('decode_mape', float('nan')):.1%} decode"
+    return "n/a"

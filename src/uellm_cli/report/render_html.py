@@ -94,9 +94,17 @@ def _forecast(m: RunMetrics) -> str:
         ("throughput", fmt_rate(f.get("throughput_tok_s")), fmt_rate(m.throughput_tok_s), ""),
         ("padding waste", fmt_pct(f.get("padding_waste")), fmt_pct(m.padding_waste), ""),
     ]
+    replay = f.get("replay") or {}
+    if replay:
+        rows.append(("makespan, replayed with the true output lengths", fmt_s(replay.get("makespan_s")),
+                     fmt_s(m.makespan_s), fmt_signed_pct(replay.get("makespan_error"))))
     mae = ""
     if m.batch_finish_forecast_mae_s is not None:
         mae = f'<p class="sub">Mean absolute error of batch finish times: {_e(fmt_s(m.batch_finish_forecast_mae_s))}.</p>'
+    if replay.get("row_finish_error_median") is not None:
+        mae += (f'<p class="sub">Replayed with the true output lengths (the step-time model and the '
+                f'scheduler rules alone): median error of a row\'s finish time '
+                f'{_e(fmt_pct(replay["row_finish_error_median"]))} of its time since the first start.</p>')
     return _table(["", "forecast", "actual", "error (forecast − actual) / actual"], rows) + mae
 
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from uellm_cli.config import RunConfig
 from uellm_cli.engine.loader import LoadOptions, load_engines
 from uellm_cli.engine.rows import PreparedRow
-from uellm_cli.jobs.results import BatchRecord, RowResult
+from uellm_cli.jobs.results import BatchRecord, RowResult, StepRecord
 from uellm_cli.plan.types import Plan
 from uellm_cli.run.observer import RunObserver
 from uellm_cli.run.outdir import RunFolder
@@ -26,10 +26,11 @@ from uellm_cli.run.signals import Interrupts
 
 @dataclass(slots=True)
 class Executed:
-    """What running the plan did: its batches, the utilisation samples, the load time, and
-    whether an interrupt left rows unrun."""
+    """What running the plan did: its batches (and a stream engine's steps), the utilisation
+    samples, the load time, and whether an interrupt left rows unrun."""
 
     batches: list[BatchRecord] = field(default_factory=list)
+    steps: list[StepRecord] = field(default_factory=list)  # engine steps (vllm, in-process)
     samples: list[dict] = field(default_factory=list)
     model_load_s: float = 0.0
     interrupted: bool = False
@@ -99,6 +100,7 @@ def run_plan(cfg: RunConfig, prepared: PreparedJob, planned: Planned,
         else:
             executor.run(plan, todo, on_batch, replan=replanner)
     done.samples = sampler.samples()
+    done.steps = executor.step_log
     done.interrupted = interrupts.stop.is_set() and any(i not in folder.done for i in todo)
     if ray is not None:
         done.notes.extend(ray.notes)

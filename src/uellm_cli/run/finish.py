@@ -97,6 +97,8 @@ def _report(cfg: RunConfig, planned: Planned, folder: RunFolder, executed: Execu
 
     plan = planned.plan
     forecast = forecast_summary(plan, {i: q.predicted_tokens for i, q in planned.queries.items()})
+    if plan.stream:
+        forecast["replay"] = replay_error(planned, results)
     metrics = summarize(results, executed.batches, model_load_s=executed.model_load_s,
                         engine=planned.engine, engine_note=planned.engine_note,
                         forecast=forecast, utilisation=executed.samples)
@@ -107,22 +109,58 @@ def _report(cfg: RunConfig, planned: Planned, folder: RunFolder, executed: Execu
     return metrics, html
 
 
+def replay_error(planned: Planned, results: list[RowResult]) -> dict | None:
+    """The continuous-batching forecast replayed with the rows' true output lengths, from the
+    first row's real start: its makespan and per-row finish errors against what ran (the
+    step-time model's and the scheduler rules' share of the forecast error)."""
+    from dataclasses import replace
+
+    from uellm_cli.plan.costmodel import CostModel
+    from uellm_cli.plan.stream_forecast import replay
+
+    ran = {r.index: r for r in results if r.status == "ok" and r.started_s is not None
+           and r.finished_s is not None and r.index in planned.queries}
+    if not ran:
+        return None
+    t0 = min(r.started_s for r in ran.values())
+    queries = {i: replace(planned.queries[i], predicted_tokens=max(1, r.output_tokens or 1))
+               for i, r in ran.items()}
+    target = planned.target
+    cost = CostModel(planned.model, target.cluster, target.calibrations, target.roofline)
+    plan = planned.plan
+    finish = replay(plan.batches, queries, plan.deployment.replicas, cost, plan.stream, start_s=t0)
+    if not finish:
+        return None
+    actual_end = max(r.finished_s for r in ran.values())
+    errors = sorted(abs(finish[i] - r.finished_s) / max(r.finished_s - t0, 1e-9)
+                    for i, r in ran.items() if i in finish)
+    return {"makespan_s": max(finish.values()) - t0,
+            "makespan_error": (max(finish.values()) - actual_end) / max(actual_end - t0, 1e-9),
+            "row_finish_error_median": errors[len(errors) // 2] if errors else None,
+            "rows": len(errors)}
+
+
 def _learn_costs(cfg: RunConfig, planned: Planned, executed: Executed) -> None:
-    """Refit the cost model from this run's static batches (one-device replicas only), so the
-    next forecast for this model and device comes from what the engine really did."""
-    from uellm_cli.profile.run_calibration import record_batches
+    """Refit the cost model from what this run executed on a one-device replica (hf: its
+    static batches; vllm: its engine steps), so the next forecast for this model and device
+    comes from what the engine really did."""
+    from uellm_cli.profile.run_calibration import record_batches, record_steps
 
     replicas = planned.plan.deployment.replicas
-    if planned.engine != "hf" or cfg.backend != "local" or len(replicas) != 1 or len(replicas[0].stages) != 1:
+    if cfg.backend != "local" or len(replicas) != 1 or len(replicas[0].stages) != 1:
         return
     try:
         device = planned.target.cluster.device(replicas[0].stages[0].device)
     except KeyError:
         return
     threads = planned.target.threads if device.kind == "cpu" else None
+    where = dict(engine=planned.engine, device_name=device.name, model=planned.model.name,
+                 threads=threads)
     with contextlib.suppress(OSError):  # an optimisation: a read-only home must not fail the run
-        record_batches(executed.batches, engine="hf", device_name=device.name,
-                       model=planned.model.name, threads=threads)
+        if planned.engine == "vllm":
+            record_steps(executed.steps, **where)
+        else:
+            record_batches(executed.batches, **where)
 
 
 def _record_history(cfg: RunConfig, prepared: PreparedJob, folder: RunFolder,

@@ -86,7 +86,7 @@ def local_targets(cfg: RunConfig, prepared: PreparedJob, *,
         note = f"auto: {engines[0]} (the engine the run it resumes started on)"
     threads = choose_cpu_threads(cfg.threads)
     targets = [Target(cluster, engine, for_cpu_threads(
-        load_calibrations(engine, model=profile.name), cluster, threads), threads)
+        load_calibrations(engine, model=profile.name, threads=threads), cluster, threads), threads)
         for engine in engines]
     return Targets(targets, profile, [], note)
 

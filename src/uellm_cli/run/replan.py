@@ -55,7 +55,10 @@ class Replanner:
         self.planning_s = 0.0
         self.replans = 0
 
-    def __call__(self, pending: set[int], record: BatchRecord) -> Plan | None:
+    def __call__(self, pending: set[int], record: BatchRecord,
+                 progress: dict[int, int] | None = None) -> Plan | None:
+        """A revised plan of the `pending` rows, or None to keep going as planned. `progress`
+        (stream engines): tokens each running row has generated, the state it starts from."""
         from uellm_cli.plan.planner import reschedule
 
         forecast_s = (record.forecast_finish_s or 0.0) - (record.forecast_start_s or 0.0)
@@ -77,7 +80,7 @@ class Replanner:
         plan = reschedule([planned.queries[i] for i in sorted(pending)], self.plan, planned.model,
                           planned.target.cluster, calibrations=planned.target.calibrations,
                           time_scale=factor, start_s=now, max_batch_size=self.cfg.max_batch_size,
-                          roofline=planned.target.roofline)
+                          roofline=planned.target.roofline, progress=progress)
         self.planning_s += time.perf_counter() - t
         self._renumber(plan)
         self.scale, self.plan = factor, plan

@@ -1,0 +1,60 @@
+"""What each vLLM engine step held, read from the in-process scheduler around `step()`.
+
+Before a step we note every request's computed tokens; after it, the difference is what the
+step scheduled for it: one token for a decoding request, a prompt chunk for a prefilling one
+(attention over everything before it), and whether it sampled (its computed tokens caught up).
+These are the step-time model's inputs (plan/steptime.py); the run refits the model from them
+(profile/run_calibration.record_steps) and `uellm profile --calibrate --engine vllm` fits it
+from synthetic jobs. Only an in-process engine core is readable (a CPU instance here);
+elsewhere `StepRecorder.of` returns None and nothing is recorded.
+"""
+
+from __future__ import annotations
+
+from uellm_cli.jobs.results import StepRecord
+
+
+class StepRecorder:
+    """Snapshots the scheduler of one in-process vLLM engine, step by step."""
+
+    def __init__(self, scheduler):
+        self.scheduler = scheduler
+
+    @classmethod
+    def of(cls, llm_engine) -> StepRecorder | None:
+        client = getattr(llm_engine, "engine_core", None)
+        core = getattr(client, "engine_core", None)
+        scheduler = getattr(core, "scheduler", None)
+        if scheduler is None or not isinstance(getattr(scheduler, "requests", None), dict):
+            return None
+        return cls(scheduler)
+
+    def snapshot(self) -> dict[str, tuple[int, int]]:
+        """(computed tokens, tokens) of every request the scheduler holds."""
+        return {rid: (r.num_computed_tokens, r.num_tokens) for rid, r in self.scheduler.requests.items()}
+
+    def record(self, before: dict[str, tuple[int, int]], seconds: float
+               ) -> tuple[StepRecord, set[str]]:
+        """The step that ran since `before`, and the (vLLM) ids of the requests it worked on.
+        A request gone from the scheduler finished in the step: it computed up to its tokens."""
+        requests = self.scheduler.requests
+        prefill_tokens = decode_rows = sampled = 0
+        prefill_attention = decode_context = 0.0
+        worked: set[str] = set()
+        for rid, (computed, tokens) in before.items():
+            req = requests.get(rid)
+            after = req.num_computed_tokens if req is not None else tokens
+            new = after - computed
+            if new <= 0:
+                continue
+            worked.add(rid)
+            if new == 1 and computed == tokens - 1:
+                decode_rows += 1
+                decode_context += computed
+            else:
+                prefill_tokens += new
+                prefill_attention += new * (2 * computed + new)
+            if after >= tokens:
+                sampled += 1
+        return StepRecord(prefill_tokens, prefill_attention, decode_rows, decode_context, sampled,
+                          seconds), worked
