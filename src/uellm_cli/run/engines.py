@@ -64,8 +64,10 @@ def candidates(cfg: RunConfig, profile: ModelProfile, cluster: Cluster) -> tuple
 
 
 def choose(planned: Sequence):
-    """The best of several run.planning.Planned (one per engine), with why it won in its
-    `engine_note`; a plan vLLM could not carry out is dropped (its reason in the note)."""
+    """The best of several run.planning.Planned (one per engine, and for vLLM on a CPU one
+    per way of splitting the threads into instances), with why it won in its `engine_note`;
+    a plan vLLM could not carry out is dropped (its reason in the note). Ties go to the one
+    listed first (hf, then one vLLM instance)."""
     runnable, dropped = [], []
     for p in planned:
         why = _unrunnable(p)
@@ -73,10 +75,10 @@ def choose(planned: Sequence):
     if not runnable:
         runnable = [(planned[0], None)]
     best = min((p for p, _ in runnable), key=_rank)
-    parts = [f"forecast {_score(best)} against {_score(p)} for {p.engine}"
+    parts = [f"forecast {_score(best)} against {_score(p)} for {p.label}"
              for p, _ in runnable if p is not best]
-    parts += [f"{p.engine} cannot run it: {why}" for p, why in dropped]
-    best.engine_note = f"auto: {best.engine}" + (f", {'; '.join(parts)}" if parts else "")
+    parts += [f"{p.label} cannot run it: {why}" for p, why in dropped]
+    best.engine_note = f"auto: {best.label}" + (f", {'; '.join(parts)}" if parts else "")
     return best
 
 

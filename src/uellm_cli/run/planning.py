@@ -21,6 +21,10 @@ from uellm_cli.profile.devices import Cluster
 from uellm_cli.profile.model_profile import ModelProfile
 from uellm_cli.run.prepare import PreparedJob
 
+# vLLM on a CPU: one instance with every thread, or the threads split into this many instances
+# (the plan judges each by simulation, with the calibration of its thread count).
+CPU_INSTANCES = (1, 2, 4)
+
 
 @dataclass(slots=True)
 class Target:
@@ -31,7 +35,8 @@ class Target:
     cluster: Cluster
     engine: str
     calibrations: dict[str, Calibration]
-    threads: int | None = None
+    threads: int | None = None  # per engine instance
+    instances: int = 1  # vLLM on a CPU: instances the threads are split into
 
     @property
     def roofline(self) -> Roofline:
@@ -53,6 +58,14 @@ class Planned:
     @property
     def engine(self) -> str:
         return self.target.engine
+
+    @property
+    def label(self) -> str:
+        """The engine, and how its CPU instances share the threads when there are several."""
+        t = self.target
+        if t.instances == 1:
+            return t.engine
+        return f"{t.engine} ({t.instances} instances x {t.threads} thread{'s' if t.threads != 1 else ''})"
 
 
 @dataclass(slots=True)
@@ -85,9 +98,13 @@ def local_targets(cfg: RunConfig, prepared: PreparedJob, *,
     elif cfg.engine == "auto":
         note = f"auto: {engines[0]} (the engine the run it resumes started on)"
     threads = choose_cpu_threads(cfg.threads)
-    targets = [Target(cluster, engine, for_cpu_threads(
-        load_calibrations(engine, model=profile.name, threads=threads), cluster, threads), threads)
-        for engine in engines]
+    targets = []
+    for engine in engines:
+        split = CPU_INSTANCES if engine == "vllm" and not cluster.has_gpu and cfg.replicas is None else (1,)
+        for k in (k for k in split if threads % k == 0):
+            per = threads // k
+            calibrations = load_calibrations(engine, model=profile.name, threads=per)
+            targets.append(Target(cluster, engine, for_cpu_threads(calibrations, cluster, per), per, k))
     return Targets(targets, profile, [], note)
 
 
@@ -186,7 +203,7 @@ def plan_rows(cfg: RunConfig, rows: Mapping[int, PreparedRow], targets: Targets,
             start_offset_s=now_s + expected_startup_s(profile, target.engine, cfg.backend),
             max_batch_size=cfg.max_batch_size, extra_deployments=extra_deployments,
             on_miss=cfg.on_miss, replicas=cfg.replicas, roofline=target.roofline,
-            engine=target.engine,
+            engine=target.engine, cpu_instances=target.instances,
         )
         planned.append(Planned(plan, queries, profile, target, targets.engine_note))
     best = choose(planned) if len(planned) > 1 else planned[0]

@@ -1,0 +1,56 @@
+"""The plan of a continuous-batching engine: deadline order with Moore-Hodgson demotion by
+simulation, the concurrency chosen by simulation, and a vLLM plan end to end on a cluster."""
+
+from __future__ import annotations
+
+from plan_builders import cluster, gpu, llama_like, query
+
+from uellm_cli.plan import stream_forecast as sf
+from uellm_cli.plan.planner import make_plan
+from uellm_cli.plan.types import StreamLimits
+
+
+def _one_at_a_time() -> StreamLimits:
+    """One row at a time, like a single machine: a row of p tokens takes p one-second steps."""
+    return StreamLimits(max_num_seqs=1, max_num_batched_tokens=100, kv_cache_bytes=0,
+                        kv_blocks=10_000, block_size=16, max_model_len=4096)
+
+
+def _second(*_args) -> float:
+    return 1.0
+
+
+def test_demotion_follows_moore_and_hodgson_on_a_single_server():
+    # (tokens, deadline): in deadline order A ends at 4, B would end at 7 > 6; dropping the
+    # longest of those seen (A) lets B, C and D all make it (3, 5, 6 <= 6, 7, 8)
+    rows = [query(0, prompt=1, pred=4, deadline=5.0), query(1, prompt=1, pred=3, deadline=6.0),
+            query(2, prompt=1, pred=2, deadline=7.0), query(3, prompt=1, pred=1, deadline=8.0)]
+    kept, late = sf._order_by_simulation(rows, _one_at_a_time(), _second, 0.0)
+    assert [q.index for q in kept] == [1, 2, 3] and [q.index for q in late] == [0]
+    sim = sf._simulate(kept + late, _one_at_a_time(), _second, 0.0)
+    assert all(sim.finish_s[q.index] <= q.deadline_s for q in kept)
+
+
+def test_nothing_is_demoted_when_deadline_order_meets_every_deadline():
+    rows = [query(i, prompt=1, pred=2, deadline=10.0 * (i + 1)) for i in range(5)]
+    kept, late = sf._order_by_simulation(rows, _one_at_a_time(), _second, 0.0)
+    assert [q.index for q in kept] == [0, 1, 2, 3, 4] and late == []
+
+
+def test_demoted_rows_run_shortest_first():
+    late = [query(0, pred=50), query(1, pred=5), query(2, pred=20)]
+    assert [q.index for q in sf._late_order(late)] == [1, 2, 0]
+
+
+def test_a_vllm_plan_on_a_gpu_is_a_simulated_stream_with_its_limits():
+    model = llama_like(layers=8, hidden=1024, heads=8, kv_heads=8, inter=2816)
+    rows = [query(i, prompt=200, pred=100 + 10 * (i % 5), deadline=30.0 + i) for i in range(60)]
+    plan = make_plan(rows, model, cluster([gpu(0, mem_gb=24)]), engine="vllm")
+    assert plan.engine == "vllm" and set(plan.stream) == {0}
+    lim = plan.stream[0]
+    assert lim.block_size == 16 and lim.max_num_seqs in sf.SEQS_CANDIDATES
+    assert all(len(b.rows) == 1 for b in plan.batches)  # every row its own start and finish
+    assert set(plan.forecast) == {q.index for q in rows}
+    assert plan.summary["makespan_s"] > 0 and plan.summary["padding_waste"] == 0.0
+    skipping = make_plan(rows, model, cluster([gpu(0, mem_gb=24)]), engine="vllm", on_miss="skip")
+    assert all(f.slo_met is not False for i, f in skipping.forecast.items() if i not in skipping.skipped)
