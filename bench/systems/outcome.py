@@ -44,3 +44,6 @@ class SystemRun:
     load_avg_before: float | None = None
     notes: list[str] = field(default_factory=list)
     description: str = ""
+    # uellm's own forecast against what ran: makespan_error (the plan's forecast),
+    # replay_makespan_error and replay_row_error (replayed with the true output lengths)
+    forecast: dict | None = None

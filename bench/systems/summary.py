@@ -4,6 +4,7 @@ the Markdown table. Pure: no clock, no I/O."""
 from __future__ import annotations
 
 import hashlib
+import heapq
 import math
 
 from systems.outcome import SystemRun
@@ -16,11 +17,16 @@ COLUMNS = (
     ("makespan_s", "makespan s", "{:.1f}", False),
     ("tok_s", "tok/s", "{:.1f}", True),
     ("slo_attainment", "SLO att.", "{:.2f}", True),
+    ("bound", "bound", "{:.2f}", True),
     ("mean_latency_s", "mean lat s", "{:.1f}", False),
     ("p99_latency_s", "p99 lat s", "{:.1f}", False),
     ("padding_waste", "pad waste", "{:.2f}", False),
     ("peak_rss_mb", "peak RSS MB", "{:.0f}", False),
+    ("forecast_error", "fc err", "{:+.1%}", None),
+    ("replay_error", "replay err", "{:+.1%}", None),
+    ("replay_row_error", "replay row err", "{:.1%}", None),
 )
+NO_RATIO = {"bound", "forecast_error", "replay_error", "replay_row_error"}
 
 
 def text_digest(text: str | None) -> str | None:
@@ -55,15 +61,42 @@ def figures(run: SystemRun, deadlines: dict[int, float | None]) -> dict:
     by_index = {r["index"]: r for r in ok}
     met = sum(1 for i in with_deadline
               if i in by_index and float(by_index[i]["finished_s"]) <= deadlines[i])
+    tok_s = tokens / gen_s if gen_s and gen_s > 0 else None
+    fc = run.forecast or {}
     return {
         "rows": len(run.rows), "rows_ok": len(ok), "output_tokens": tokens,
         "load_s": run.load_s, "makespan_s": makespan, "gen_s": gen_s,
-        "tok_s": tokens / gen_s if gen_s and gen_s > 0 else None,
+        "tok_s": tok_s,
         "slo_attainment": met / len(with_deadline) if with_deadline else None,
+        "bound": fluid_bound(by_index, deadlines, tok_s, run.load_s or 0.0),
         "mean_latency_s": sum(finishes) / len(finishes) if finishes else None,
         "p99_latency_s": percentile(finishes, 99),
         "padding_waste": run.padding_waste, "peak_rss_mb": run.peak_rss_mb,
+        "forecast_error": fc.get("makespan_error"), "replay_error": fc.get("replay_makespan_error"),
+        "replay_row_error": fc.get("replay_row_error"),
     }
+
+
+def fluid_bound(ok: dict[int, dict], deadlines: dict[int, float | None], tok_s: float | None,
+                start_s: float) -> float | None:
+    """The share of rows with a deadline a fluid server could have met: one that generates
+    at the system's own measured tok/s from its own measured start-up, one row at a time,
+    choosing the rows by Moore-Hodgson (deadline order; whenever one would be late, drop the
+    longest kept so far), which maximises the rows on time for a single server. Each row
+    takes its true output tokens / tok/s; a row that failed counts as missed."""
+    with_deadline = [i for i, d in deadlines.items() if d is not None]
+    if not with_deadline or not tok_s:
+        return None
+    jobs = sorted((deadlines[i], int(ok[i].get("output_tokens") or 0) / tok_s)
+                  for i in with_deadline if i in ok)
+    kept: list[float] = []  # max-heap of kept durations (negated)
+    t = start_s
+    for deadline, seconds in jobs:
+        heapq.heappush(kept, -seconds)
+        t += seconds
+        if t > deadline:
+            t += heapq.heappop(kept)  # the longest kept row goes
+    return len(kept) / len(with_deadline)
 
 
 def agreement(run: SystemRun, base: SystemRun) -> dict | None:
@@ -91,6 +124,8 @@ def ratios(fig: dict, base: dict) -> dict:
     """Each figure / the first system's figure (None where either is missing or zero)."""
     out = {}
     for key, *_ in COLUMNS:
+        if key in NO_RATIO:
+            continue
         a, b = fig.get(key), base.get(key)
         out[key] = a / b if a is not None and b not in (None, 0) else None
     return out

@@ -79,6 +79,10 @@ def run(spec: SystemSpec, ctx: BenchContext) -> SystemRun:
         weights = doc.get("model_load_s", metrics.get("model_load_s"))
         if weights is not None:
             result.notes.append(f"uellm model_load_s (weights only) {weights:.2f} s")
+        replay = (metrics.get("forecast") or {}).get("replay") or {}
+        result.forecast = {"makespan_error": metrics.get("makespan_forecast_error"),
+                           "replay_makespan_error": replay.get("makespan_error"),
+                           "replay_row_error": replay.get("row_finish_error_median")}
         if metrics.get("batches") is not None:
             result.notes.append(f"{metrics['batches']} batches")
     return result

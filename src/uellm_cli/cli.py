@@ -59,6 +59,21 @@ def _ignore_signals_while_exiting() -> None:
         signal.signal(sig, signal.SIG_IGN)
 
 
+def _click_types(name: str) -> tuple[type, ...]:
+    """click's exception class `name`, and Typer's copy of it: Typer 0.22+ ships its own click
+    (typer._click), whose usage errors are not click's."""
+    import click
+
+    types = [getattr(click.exceptions, name)]
+    try:
+        from typer._click import exceptions as vendored
+    except ImportError:
+        vendored = None
+    if vendored is not None and hasattr(vendored, name):
+        types.append(getattr(vendored, name))
+    return tuple(types)
+
+
 def main() -> None:
     """Entry point: one red line (and exit status) per known error; tracebacks only for bugs,
     and those only under UELLM_DEBUG=1 (otherwise one line pointing at it)."""
@@ -67,7 +82,7 @@ def main() -> None:
 
     try:
         # standalone_mode=False: click returns typer.Exit's code instead of exiting
-        code = app(standalone_mode=False)
+        code = app(standalone_mode=False, prog_name="uellm")
         if code == EXIT_INTERRUPTED:
             _ignore_signals_while_exiting()
         sys.exit(code if isinstance(code, int) else 0)
@@ -81,11 +96,9 @@ def main() -> None:
         fail("interrupted", "rerun the same command (or add --resume) to continue")
         sys.exit(EXIT_INTERRUPTED)
     except Exception as exc:  # click usage errors carry their own exit code
-        import click
-
-        if isinstance(exc, click.exceptions.Abort):
+        if isinstance(exc, (typer.Abort, *_click_types("Abort"))):
             sys.exit(EXIT_INTERRUPTED)
-        if isinstance(exc, click.ClickException):
+        if isinstance(exc, _click_types("ClickException")):  # e.g. a mistyped option: exit 2
             exc.show()
             sys.exit(exc.exit_code)
         if os.environ.get("UELLM_DEBUG"):

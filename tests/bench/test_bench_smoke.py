@@ -17,7 +17,7 @@ import make_job  # noqa: E402
 from systems.jobfile import deadline_priorities  # noqa: E402
 from systems.outcome import SystemRun  # noqa: E402
 from systems.spec import parse_system, parse_systems  # noqa: E402
-from systems.summary import agreement, figures, percentile  # noqa: E402
+from systems.summary import agreement, figures, fluid_bound, percentile  # noqa: E402
 
 HF_SYSTEMS = ("hf-naive", "hf-static-8", "hf-cb")
 
@@ -128,3 +128,14 @@ def test_figures_and_agreement_by_hand():
     ag = agreement(other, run)
     assert ag["rows"] == 2 and ag["text"] == 0.5 and ag["tokens"] == 1.0
     assert percentile([1.0, 2.0, 3.0, 4.0, 5.0], 50) == 3.0
+
+
+def test_fluid_bound_keeps_the_rows_moore_and_hodgson_keep():
+    # at 1 token/s from t=1: in deadline order A (4 s) ends at 5, B (3 s) at 8 > 6, so A, the
+    # longest kept, goes; B ends at 4, C (2 s) at 6, D (1 s) at 7: three of four on time
+    rows = {i: {"index": i, "status": "ok", "output_tokens": n} for i, n in enumerate((4, 3, 2, 1))}
+    deadlines = {0: 5.0, 1: 6.0, 2: 7.0, 3: 8.0, 4: None}
+    assert fluid_bound(rows, deadlines, 1.0, 1.0) == 3 / 4
+    assert fluid_bound(rows, deadlines, 10.0, 0.0) == 1.0  # fast enough for all
+    assert fluid_bound({}, {0: 5.0}, 1.0, 0.0) == 0.0  # a failed row misses
+    assert fluid_bound(rows, {0: None}, 1.0, 0.0) is None

@@ -546,3 +546,41 @@ def test_vllm_resume_after_a_partial_log(tmp_path, vllm_model, hf_reference, mon
     assert Counter(rec["index"] for rec in lines) == Counter(range(len(PROMPTS)))  # none twice
     for i, rec in first.items():  # what the first attempt wrote was kept, not rerun
         assert rows[i]["finished_s"] == rec["finished_s"]
+
+
+def test_the_simulator_finishes_rows_in_the_steps_vllm_does(vllm_model):
+    """The planner's simulation of vLLM's scheduler (plan/continuous.py) against vLLM itself:
+    few rows at once, prompts longer than a step's token budget (chunked prefill), priorities
+    out of queue order. Given the lengths vLLM generated, every row ends in the same step."""
+    from uellm_cli.engine.models import load_tokenizer, resolve_model
+    from uellm_cli.plan.continuous import SimRequest, simulate
+
+    resolved = resolve_model(str(vllm_model))
+    settings = vllm_engine.VLLMSettings(
+        model=str(resolved.path), replicas=(0,), dtype="float32", max_model_len=512,
+        kv_cache_bytes=32 << 20, max_num_seqs=3, max_num_batched_tokens=40)
+    engine = vllm_engine.VLLMEngine(load_tokenizer(resolved), vllm_engine.start_llm(settings),
+                                    generation_config=vllm_engine.generation_eos(resolved))
+    prompt_lens = [12, 70, 25, 55, 8, 90, 33, 47]
+    budgets = [9, 4, 12, 6, 10, 3, 8, 5]
+    priority = [5, 2, 7, 0, 3, 6, 1, 4]
+    reqs = [StreamRequest(i, [10 + (i + j) % 40 for j in range(n)], budgets[i], Sampling(), priority[i])
+            for i, n in enumerate(prompt_lens)]
+    step = [0]
+    ended: dict[int, int] = {}
+    made: dict[int, int] = {}
+
+    def on_step(done):
+        step[0] += 1
+        for d in done:
+            ended[d.index] = step[0]
+            made[d.index] = d.generated.output_tokens
+
+    stats = engine.run_stream(reqs, clock=lambda: float(step[0]), on_step=on_step)
+    assert stats.steps == step[0] and len(ended) == len(reqs)
+    sim = simulate([SimRequest(r.index, len(r.prompt_ids), made[r.index], r.priority) for r in reqs],
+                   StreamLimits(max_num_seqs=3, max_num_batched_tokens=40, kv_cache_bytes=32 << 20,
+                                kv_blocks=256, block_size=128, max_model_len=512),
+                   lambda *_: 1.0)
+    assert {i: round(s) for i, s in sim.finish_s.items()} == ended
+    assert sim.steps == stats.steps

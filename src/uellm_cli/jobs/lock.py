@@ -144,6 +144,13 @@ class RunLock:
                 f"if that run is gone, delete {self.path}")
         return LockedError(msg, hint=hint)
 
+    def refuse_if_held(self) -> None:
+        """LockedError now when a live run holds the lock (a look, taking nothing): lets a
+        run refuse before reading and tokenising its job; acquire() still decides for real."""
+        info = _read_info(self.path)
+        if info is not None and _holder_alive(info):
+            raise self._refuse(info)
+
     def acquire(self) -> RunLock:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self._token = uuid.uuid4().hex

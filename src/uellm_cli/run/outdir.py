@@ -7,10 +7,13 @@ from __future__ import annotations
 
 import contextlib
 import importlib.metadata as md
+import os
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 
 from uellm_cli import __version__
 from uellm_cli.config import RunConfig
+from uellm_cli.errors import ConfigError
 from uellm_cli.engine.rows import PreparedRow
 from uellm_cli.jobs.lock import RunLock
 from uellm_cli.jobs.manifest import Manifest, ResumeState, fingerprint, prepare_out_dir
@@ -18,6 +21,25 @@ from uellm_cli.jobs.results import RowResult
 from uellm_cli.jobs.writers import ResultLog, read_log
 from uellm_cli.run.observer import RunObserver
 from uellm_cli.run.prepare import PreparedJob
+
+
+def check_out_folder(out: Path) -> None:
+    """Refuse, before any work, an --out that cannot be a run folder: a file, a path under a
+    file, a folder (or the nearest existing parent) this user cannot write, or a folder a live
+    run holds. Usage errors (exit 2), not crashes half-way through a job."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} is a file, not a folder", hint="pass a folder path")
+    existing = next((p for p in (out, *out.parents) if p.exists()), Path("."))
+    if not existing.is_dir():
+        raise ConfigError(f"--out {out}: {existing} is a file, so no folder can be made under it",
+                          hint="pass a folder path")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        what = "folder" if existing == out else f"folder {existing} that would hold it"
+        raise ConfigError(f"--out {out}: this user cannot write to the {what}",
+                          hint="pass a folder you can write to, or fix its permissions")
+    if out.is_dir():
+        RunLock(out).refuse_if_held()
 
 
 class RunFolder:
@@ -45,7 +67,11 @@ class RunFolder:
 
     def __enter__(self) -> RunFolder:
         cfg, job = self.cfg, self.prepared.job
-        self.lock.__enter__()
+        try:
+            self.lock.__enter__()
+        except OSError as exc:  # check_out_folder passed, then the folder changed under us
+            raise ConfigError(f"--out {cfg.out}: {exc.strerror or exc}",
+                              hint="pass a folder you can write to") from exc
         try:
             if self.lock.took_over_stale:
                 self.observer.stage(f"took over a stale lock in {cfg.out} (its process is gone)")

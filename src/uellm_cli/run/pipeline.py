@@ -15,7 +15,7 @@ from uellm_cli.run import prepare as prep
 from uellm_cli.run.execute import run_plan, skip_hopeless
 from uellm_cli.run.finish import finish
 from uellm_cli.run.observer import RunObserver, RunOutcome
-from uellm_cli.run.outdir import RunFolder
+from uellm_cli.run.outdir import RunFolder, check_out_folder
 from uellm_cli.run.planning import local_targets, plan_rows, ray_targets
 from uellm_cli.run.signals import Interrupts
 
@@ -25,6 +25,7 @@ def run_job(cfg: RunConfig, *, observer: RunObserver | None = None,
     """Run a job end to end. Raises UellmError subclasses for whole-run failures."""
     obs = observer or RunObserver()
     check_extras(cfg)
+    check_out_folder(cfg.out)  # a bad --out or a held lock: refused before reading the job
     origin = clock_origin if clock_origin is not None else time.perf_counter()
 
     def clock() -> float:
