@@ -39,7 +39,8 @@ class HFEngine:
 
     def encode(self, row: Row) -> list[int]:
         """Token ids of a row's prompt. `messages` always go through the chat template;
-        a plain `prompt` does too when the model has one, unless --raw-prompt."""
+        a plain `prompt` does too when the model has one, unless --raw-prompt or the row is a
+        completion prompt (OpenAI /v1/completions)."""
         tok = self.tokenizer
         if row.messages is not None:
             if not self.has_chat_template:
@@ -48,7 +49,7 @@ class HFEngine:
             return list(_as_ids(tok.apply_chat_template(
                 row.messages, add_generation_prompt=True, tokenize=True
             )))
-        if self.has_chat_template and not self.raw_prompt:
+        if self.has_chat_template and not (self.raw_prompt or row.raw_prompt):
             msgs = [{"role": "user", "content": row.prompt}]
             return list(_as_ids(tok.apply_chat_template(
                 msgs, add_generation_prompt=True, tokenize=True

@@ -63,7 +63,8 @@ def openai_raw_row(line: int, obj: dict) -> RawRow:
             warnings.append(f"body fields ignored: {', '.join(ignored)}")
     except RowProblem as problem:
         return RawRow(line, rec, problem, labels, warnings)
-    return RawRow(line, rec, None, labels, warnings)
+    # a /v1/completions prompt is text to continue, not a user turn: no chat template
+    return RawRow(line, rec, None, labels, warnings, raw_prompt=url == COMPLETIONS_URL)
 
 
 def _envelope(obj: dict) -> str:

@@ -48,6 +48,7 @@ class Row:
     priority: int = 0
     passthrough: dict = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    raw_prompt: bool = False  # a completion prompt (OpenAI /v1/completions): no chat template
 
     @property
     def text(self) -> str:
@@ -72,6 +73,9 @@ class RowError:
     code: str
     reason: str
     index: int | None = None
+    # the row's deadline when its own fields gave one (a row rejected for another field still
+    # had a deadline, and counts as a miss against it)
+    deadline_s: float | None = None
 
     def one_line(self) -> str:
         where = f"{self.file}:{self.line}" if self.line is not None else self.file

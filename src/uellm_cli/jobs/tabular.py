@@ -136,7 +136,8 @@ def parquet_rows(path: Path, label: str) -> Iterator[RawRow]:
 
 
 def _check_parquet_types(schema, label: str) -> None:
-    """Refuse a required column whose type no row could use (say which); others are per row."""
+    """Refuse required columns whose type no row could use, naming every one of them (other
+    columns are checked per row)."""
     import pyarrow as pa
 
     def text(t) -> bool:
@@ -144,22 +145,23 @@ def _check_parquet_types(schema, label: str) -> None:
             return text(t.value_type)
         return pa.types.is_string(t) or pa.types.is_large_string(t) or str(t) == "string_view"
 
-    def refuse(name: str, t, need: str) -> None:
-        raise InputError(f"{label}: Parquet column {name!r} has type {t}; it must hold {need}",
-                         hint="cast the column, e.g. with pandas .astype(str)")
-
+    wrong: list[str] = []
     t = schema.field("id").type
     if not (text(t) or pa.types.is_integer(t)):
-        refuse("id", t, "strings or integers")
+        wrong.append(f"column 'id' has type {t} (it must hold strings or integers)")
     if "prompt" in schema.names:
         t = schema.field("prompt").type
         if not (text(t) or pa.types.is_null(t)):
-            refuse("prompt", t, "strings")
+            wrong.append(f"column 'prompt' has type {t} (it must hold strings)")
     if "messages" in schema.names:
         t = schema.field("messages").type
         is_list = pa.types.is_list(t) or pa.types.is_large_list(t)
         if not (text(t) or pa.types.is_null(t) or (is_list and pa.types.is_struct(t.value_type))):
-            refuse("messages", t, "lists of {role, content} structs or JSON text")
+            wrong.append(f"column 'messages' has type {t} (it must hold lists of {{role, content}} "
+                         "structs or JSON text)")
+    if wrong:
+        raise InputError(f"{label}: Parquet {'; '.join(wrong)}",
+                         hint="cast the columns, e.g. with pandas .astype(str)")
 
 
 def _first_line(error: Exception) -> str:

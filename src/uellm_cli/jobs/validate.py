@@ -47,6 +47,7 @@ class RawRow:
     problem: RowProblem | None = None
     labels: dict[str, str] | None = None
     warnings: list[str] | None = None
+    raw_prompt: bool = False  # the prompt is a completion prompt: no chat template
 
 
 @dataclass(slots=True)
@@ -92,7 +93,17 @@ class RowValidator:
             return RowError(
                 file=self.file, line=raw.line, id=p.id if p.id is not None else rid,
                 field=p.field, code=p.code, reason=p.reason, index=index,
+                deadline_s=self._deadline_of_rejected(raw.record, labels),
             )
+
+    def _deadline_of_rejected(self, rec: dict | None, labels: dict) -> float | None:
+        """The deadline a rejected row asked for (or the default), if its fields give one."""
+        if rec is None:
+            return None
+        try:
+            return self._deadline_s(rec, labels)
+        except RowProblem:
+            return None
 
     def _id(self, rec: dict, labels: dict) -> str:
         name = labels.get("id", "id")
@@ -136,6 +147,9 @@ class RowValidator:
             priority = to_int(rec["priority"], name, tab, "an integer")
             if abs(priority) > INT64_MAX:
                 raise RowProblem("invalid_field", name, f"{name} is out of range, got {show(rec['priority'])}")
+        value = rec.get("id")
+        if isinstance(value, int) and not isinstance(value, bool):
+            warnings.append(f"{labels.get('id', 'id')} {value} is a number; results carry it as the text {rid!r}")
         passthrough = {k: v for k, v in rec.items() if k not in FIELDS}
         for key, value in passthrough.items():
             check_passthrough(value, key)
@@ -143,6 +157,7 @@ class RowValidator:
             index=index, line=raw.line, id=rid, prompt=prompt, messages=messages,
             deadline_s=deadline_s, max_new_tokens=max_new_tokens, sampling=sampling,
             priority=priority, passthrough=passthrough, warnings=warnings,
+            raw_prompt=raw.raw_prompt and prompt is not None,
         )
 
     def _content(self, rec: dict, labels: dict, warnings: list[str]) -> tuple[str | None, list | None]:

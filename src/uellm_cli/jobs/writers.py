@@ -17,7 +17,7 @@ from pathlib import Path
 
 from uellm_cli.errors import ConfigError
 from uellm_cli.jobs.durable import atomic_path, atomic_write_bytes, fsync_dir, json_line
-from uellm_cli.jobs.results import RESULT_FIELDS, RowResult
+from uellm_cli.jobs.results import ATTEMPT_KEY, RESULT_FIELDS, RowResult
 from uellm_cli.jobs.schema import RowError
 
 LOG_NAME = "results.log.jsonl"
@@ -123,9 +123,11 @@ class ResultLog:
             fsync_dir(self.path.parent)
         return self
 
-    def append(self, results: Iterable[RowResult]) -> None:
-        """Append one batch of results and fsync; the rows are done once this returns."""
-        self.append_records(r.to_record() for r in results)
+    def append(self, results: Iterable[RowResult], *, attempt: int | None = None) -> None:
+        """Append one batch of results and fsync; the rows are done once this returns. Each
+        line carries the attempt that wrote it (a resumed run's report spans every attempt)."""
+        tag = {} if attempt is None else {ATTEMPT_KEY: attempt}
+        self.append_records(r.to_record() | tag for r in results)
 
     def append_records(self, records: Iterable[dict]) -> None:
         """Same as append() for records already flattened (each needs an int "index")."""

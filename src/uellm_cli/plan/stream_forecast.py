@@ -216,14 +216,14 @@ def _concurrency(kept, late, seqs_options, limits_for, step, start_s, on_miss, p
     return lim, order, sim
 
 
-def replay(plan_batches: Sequence[PlannedBatch], queries: Mapping[int, Query],
+def replay(order: Sequence[int], replica_of: Mapping[int, int], queries: Mapping[int, Query],
            replicas: Sequence[Replica], cost: CostModel, limits: Mapping[int, StreamLimits], *,
            start_s: float) -> dict[int, float]:
-    """Each row's finish when the plan's order and limits run with `queries` as they really
-    turned out (their true output lengths): what is left of the forecast's error once the
-    length predictor is out of it, i.e. the step-time model's and the scheduler rules'."""
-    order = plan_order(plan_batches)
-    replica_of = {i: b.replica for b in plan_batches for i in b.rows}
+    """Each row's finish when the rows run in `order` on their replicas, with the plan's
+    limits and `queries` as they really turned out (their true output lengths): what is left
+    of the forecast's error once the length predictor is out of it, i.e. the step-time
+    model's and the scheduler rules'. Give the order the engine really started the rows in
+    (a re-plan while running may have changed the plan's)."""
     finish: dict[int, float] = {}
     for rep in replicas:
         mine = [queries[i] for i in order if replica_of.get(i) == rep.index and i in queries]

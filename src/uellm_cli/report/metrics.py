@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from uellm_cli.jobs.results import BatchRecord, RowResult
+from uellm_cli.jobs.results import EARLIER, BatchRecord, RowResult
 from uellm_cli.profile import length_features
 
 if TYPE_CHECKING:
@@ -335,9 +335,12 @@ def summarize(
     forecast: dict | None = None,
     utilisation: list[dict] | None = None,
 ) -> RunMetrics:
-    """All metrics of one run; forecast is forecast_summary()'s dict (or the planner's)."""
+    """All metrics of one run; forecast is forecast_summary()'s dict (or the planner's).
+    `batches` may start with those of earlier attempts of a resumed run (status EARLIER):
+    they count for the job's makespan and throughput; the forecast errors are this attempt's."""
     verdicts = [v for v in (row_slo_met(r) for r in results) if v is not None]
     ms = makespan(batches)
+    this_attempt = [b for b in batches if b.status != EARLIER]
     return RunMetrics(
         rows=len(results),
         ok=sum(r.status == "ok" for r in results),
@@ -359,7 +362,7 @@ def summarize(
         engine=engine,
         engine_note=engine_note,
         forecast=dict(forecast) if forecast else None,
-        makespan_forecast_error=relative_error((forecast or {}).get("makespan_s"), ms),
-        batch_finish_forecast_mae_s=batch_forecast_mae(batches),
+        makespan_forecast_error=relative_error((forecast or {}).get("makespan_s"), makespan(this_attempt)),
+        batch_finish_forecast_mae_s=batch_forecast_mae(this_attempt),
         utilisation=utilisation_summary(utilisation or []),
     )

@@ -32,7 +32,7 @@ class Executed:
     batches: list[BatchRecord] = field(default_factory=list)
     steps: list[StepRecord] = field(default_factory=list)  # engine steps (vllm, in-process)
     samples: list[dict] = field(default_factory=list)
-    model_load_s: float = 0.0
+    model_load_s: float | None = None  # None: no model was loaded (nothing left to run)
     interrupted: bool = False
     notes: list[str] = field(default_factory=list)
 

@@ -20,9 +20,10 @@ from uellm_cli.run.planning import Planned
 from uellm_cli.run.prepare import PreparedJob
 
 
-def finish(cfg: RunConfig, prepared: PreparedJob, planned: Planned, folder: RunFolder,
+def finish(cfg: RunConfig, prepared: PreparedJob, planned: Planned | None, folder: RunFolder,
            executed: Executed, skipped: dict[int, RowResult]) -> RunOutcome:
-    """Write what the run produced and return its outcome (exit status included)."""
+    """Write what the run produced and return its outcome (exit status included). `planned`
+    is None when nothing was left to run (a resume of a finished job): no plan, no engine."""
     results = final_results(prepared, folder.done, skipped)
     outcome = RunOutcome(exit_code=EXIT_OK, out_dir=cfg.out, rows_total=prepared.job.n_input)
     for r in results:
@@ -32,7 +33,8 @@ def finish(cfg: RunConfig, prepared: PreparedJob, planned: Planned, folder: RunF
             outcome.rows_rejected += 1
         else:
             outcome.rows_error += 1
-    planned.plan.notes.extend(executed.notes)
+    if planned is not None:
+        planned.plan.notes.extend(executed.notes)
     if executed.interrupted:
         folder.finish("interrupted")
         outcome.state, outcome.exit_code = "interrupted", EXIT_INTERRUPTED
@@ -47,7 +49,8 @@ def finish(cfg: RunConfig, prepared: PreparedJob, planned: Planned, folder: RunF
     write_errors(cfg.out, error_entries(prepared, results))
     outcome.metrics, outcome.report_html = _report(cfg, planned, folder, executed, results)
     folder.finish("complete", {r.index: r for r in results})
-    _learn_costs(cfg, planned, executed)
+    if planned is not None:
+        _learn_costs(cfg, planned, executed)
     if cfg.record_history:
         _record_history(cfg, prepared, folder, outcome.metrics, results)
     missed = any(r.slo_met is False for r in results)
@@ -61,9 +64,10 @@ def final_results(prepared: PreparedJob, done: dict[int, RowResult],
     """One result per input row, in input order: logged results, skipped rows, rejections."""
     by_index = dict(done) | skipped
     for e in [*prepared.job.errors, *prepared.rejected]:
-        if e.index is not None:
-            by_index[e.index] = RowResult(index=e.index, id=e.id if e.id is not None else "",
-                                          status="rejected", error_code=e.code, error_message=e.reason)
+        if e.index is not None:  # a rejected row with a deadline misses it
+            by_index[e.index] = RowResult(
+                index=e.index, id=e.id, status="rejected", error_code=e.code, error_message=e.reason,
+                deadline_s=e.deadline_s, slo_met=False if e.deadline_s is not None else None)
     return [by_index[i] for i in sorted(by_index)]
 
 
@@ -78,9 +82,10 @@ def error_entries(prepared: PreparedJob, results: list[RowResult]) -> list[dict]
             continue
         src = where.get(r.index) if r.status == "rejected" else None
         out.append({
+            "row": r.index,
             "file": src.file if src else str(job.path),
             "line": src.line if src else lines.get(r.index),
-            "id": r.id,
+            "id": src.id if src else r.id,
             "field": src.field if src else None,
             "code": r.error_code,
             "reason": r.error_message,
@@ -88,35 +93,45 @@ def error_entries(prepared: PreparedJob, results: list[RowResult]) -> list[dict]
     return out
 
 
-def _report(cfg: RunConfig, planned: Planned, folder: RunFolder, executed: Executed,
+def _report(cfg: RunConfig, planned: Planned | None, folder: RunFolder, executed: Executed,
             results: list[RowResult]):
-    """Metrics over every input row, the forecast beside them; report.json and report.html."""
+    """Metrics over every input row and every attempt (a resumed run's earlier batches laid
+    before this attempt's), the forecast beside them; report.json and report.html."""
     from uellm_cli.plan.planner import plan_to_dict
     from uellm_cli.report.metrics import forecast_summary, summarize
     from uellm_cli.report.rundir import write_reports
 
-    plan = planned.plan
-    forecast = forecast_summary(plan, {i: q.predicted_tokens for i, q in planned.queries.items()})
-    if plan.stream:
-        forecast["replay"] = replay_error(planned, results)
-    metrics = summarize(results, executed.batches, model_load_s=executed.model_load_s,
-                        engine=planned.engine, engine_note=planned.engine_note,
-                        forecast=forecast, utilisation=executed.samples)
-    _, html = write_reports(cfg.out, metrics, results=results, batches=executed.batches,
-                            utilisation=executed.samples, plan_dict=plan_to_dict(plan),
+    ran = planned.queries if planned is not None else {}
+    first = min((b.started_s for b in executed.batches), default=None)
+    batches = folder.earlier_batches(ran, end_s=first) + executed.batches
+    forecast = plan_dict = None
+    if planned is not None:
+        plan = planned.plan
+        forecast = forecast_summary(plan, {i: q.predicted_tokens for i, q in planned.queries.items()})
+        if plan.stream:
+            forecast["replay"] = replay_error(planned, results)
+        plan_dict = plan_to_dict(plan)
+        engine, note = planned.engine, planned.engine_note
+    else:
+        engine, note = folder.manifest.engine, "nothing left to run: every row has its result"
+    metrics = summarize(results, batches, model_load_s=executed.model_load_s,
+                        engine=engine, engine_note=note, forecast=forecast, utilisation=executed.samples)
+    _, html = write_reports(cfg.out, metrics, results=results, batches=batches,
+                            utilisation=executed.samples, plan_dict=plan_dict,
                             options=folder.manifest.options, versions=folder.manifest.versions,
                             title=f"uellm run {cfg.job.stem}")
     return metrics, html
 
 
 def replay_error(planned: Planned, results: list[RowResult]) -> dict | None:
-    """The continuous-batching forecast replayed with the rows' true output lengths, from the
-    first row's real start: its makespan and per-row finish errors against what ran (the
-    step-time model's and the scheduler rules' share of the forecast error)."""
+    """The continuous-batching forecast replayed with the rows' true output lengths, in the
+    order they really started, from the first row's real start: its makespan and per-row
+    finish errors against what ran (the step-time model's and the scheduler rules' share of
+    the forecast error)."""
     from dataclasses import replace
 
     from uellm_cli.plan.costmodel import CostModel
-    from uellm_cli.plan.stream_forecast import replay
+    from uellm_cli.plan.stream_forecast import plan_order, replay
 
     ran = {r.index: r for r in results if r.status == "ok" and r.started_s is not None
            and r.finished_s is not None and r.index in planned.queries}
@@ -128,7 +143,10 @@ def replay_error(planned: Planned, results: list[RowResult]) -> dict | None:
     target = planned.target
     cost = CostModel(planned.model, target.cluster, target.calibrations, target.roofline)
     plan = planned.plan
-    finish = replay(plan.batches, queries, plan.deployment.replicas, cost, plan.stream, start_s=t0)
+    rank = {i: k for k, i in enumerate(plan_order(plan.batches))}
+    order = sorted(ran, key=lambda i: (ran[i].started_s, rank.get(i, len(rank))))
+    replica_of = {i: r.replica if r.replica is not None else 0 for i, r in ran.items()}
+    finish = replay(order, replica_of, queries, plan.deployment.replicas, cost, plan.stream, start_s=t0)
     if not finish:
         return None
     actual_end = max(r.finished_s for r in ran.values())

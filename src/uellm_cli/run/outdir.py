@@ -17,7 +17,7 @@ from uellm_cli.errors import ConfigError
 from uellm_cli.engine.rows import PreparedRow
 from uellm_cli.jobs.lock import RunLock
 from uellm_cli.jobs.manifest import Manifest, ResumeState, fingerprint, prepare_out_dir
-from uellm_cli.jobs.results import RowResult
+from uellm_cli.jobs.results import BatchRecord, RowResult, earlier_batches
 from uellm_cli.jobs.writers import ResultLog, read_log
 from uellm_cli.run.observer import RunObserver
 from uellm_cli.run.prepare import PreparedJob
@@ -64,6 +64,7 @@ class RunFolder:
         self.state: ResumeState | None = None
         self.manifest: Manifest | None = None
         self.done: dict[int, RowResult] = {}
+        self.attempt = 0  # this attempt's number (0 = the first), tagged on its log records
 
     def __enter__(self) -> RunFolder:
         cfg, job = self.cfg, self.prepared.job
@@ -81,6 +82,7 @@ class RunFolder:
             self.done = {i: RowResult.from_record(r) for i, r in self.state.done.items()}
             manifest = self._manifest()
             manifest.start_attempt()
+            self.attempt = len(manifest.runs) - 1
             manifest.set_counts(self.done)
             self.manifest = manifest  # from here on __exit__ records how the attempt ended,
             manifest.save(cfg.out)  # even for a signal that lands during this save
@@ -132,10 +134,17 @@ class RunFolder:
     def record(self, results: Iterable[RowResult]) -> None:
         """Write a finished batch durably (fsynced log, then the manifest's counts)."""
         results = list(results)
-        self.log.append(results)
+        self.log.append(results, attempt=self.attempt)
         self.done.update((r.index, r) for r in results)
         self.manifest.set_counts(self.done)
         self.manifest.save(self.cfg.out)
+
+    def earlier_batches(self, todo: Iterable[int], *, end_s: float | None) -> list[BatchRecord]:
+        """The batches earlier attempts ran for rows this one keeps, laid end to end up to
+        `end_s` (jobs.results.earlier_batches): the report of a resumed run covers the job."""
+        rerun = set(todo)
+        done = self.state.done if self.state else {}
+        return earlier_batches([r for i, r in done.items() if i not in rerun], end_s=end_s)
 
     def finish(self, state: str, results: Mapping[int, RowResult] | None = None) -> None:
         """Close this attempt as complete or interrupted (counts over `results` when given)."""

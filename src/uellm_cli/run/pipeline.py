@@ -12,7 +12,7 @@ from datetime import datetime, timezone
 
 from uellm_cli.config import RunConfig
 from uellm_cli.run import prepare as prep
-from uellm_cli.run.execute import run_plan, skip_hopeless
+from uellm_cli.run.execute import Executed, run_plan, skip_hopeless
 from uellm_cli.run.finish import finish
 from uellm_cli.run.observer import RunObserver, RunOutcome
 from uellm_cli.run.outdir import RunFolder, check_out_folder
@@ -42,6 +42,9 @@ def run_job(cfg: RunConfig, *, observer: RunObserver | None = None,
             contextlib.ExitStack() as backends:
         ray = _connect_ray(cfg, obs, backends)
         todo = folder.todo(prepared.rows)
+        if not todo:  # a resume of a finished job (or only rejected rows): no plan, no weights
+            obs.stage("nothing left to run: every row already has its result")
+            return finish(cfg, prepared, None, folder, Executed(), {})
         obs.stage("planning")
         targets = (ray_targets(_ray_cluster(ray, cfg), cfg, prepared) if ray is not None
                    else local_targets(cfg, prepared, engines=folder.resumed_engines()))

@@ -117,13 +117,14 @@ def prepare(job: Job, model: ModelInputs) -> PreparedJob:
             ids = model.encoder.encode(row)
         except Exception as exc:  # noqa: BLE001 - a template or tokenizer failure is the row's
             rejected.append(RowError(str(job.path), row.line, row.id, field, "tokenize_failed",
-                                     f"could not tokenise: {exc}"[:300], row.index))
+                                     f"could not tokenise: {exc}"[:300], row.index, row.deadline_s))
             continue
         room = max_context - len(ids)
         if room < MIN_NEW_TOKENS:
             rejected.append(RowError(
                 str(job.path), row.line, row.id, field, "prompt_too_long",
                 f"prompt is {len(ids)} tokens; the model's context is {max_context}", row.index,
+                row.deadline_s,
             ))
             continue
         if row.max_new_tokens > room:
