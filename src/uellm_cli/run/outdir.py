@@ -13,8 +13,8 @@ from pathlib import Path
 
 from uellm_cli import __version__
 from uellm_cli.config import RunConfig
-from uellm_cli.errors import ConfigError
 from uellm_cli.engine.rows import PreparedRow
+from uellm_cli.errors import ConfigError
 from uellm_cli.jobs.lock import RunLock
 from uellm_cli.jobs.manifest import Manifest, ResumeState, fingerprint, prepare_out_dir
 from uellm_cli.jobs.results import BatchRecord, RowResult, earlier_batches
