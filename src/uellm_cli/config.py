@@ -24,6 +24,9 @@ BACKENDS = ("local", "ray")
 # existed, so they stay out of the fingerprint and a run killed before an upgrade still resumes.
 # `auto` stays out too: a resumed run keeps the engine its manifest says it chose.
 LATER_OPTIONS_DEFAULTS = {"engine": ("hf", "auto")}
+# Defaults that changed: the new default fingerprints as the old one, so a run started before
+# the change resumes after it. The predictor only changes the order and grouping rows run in.
+CHANGED_DEFAULTS = {"predictor": ("auto", "cap")}  # option: (new default, old default)
 
 
 @dataclass(slots=True, frozen=True, kw_only=True)
@@ -39,7 +42,7 @@ class RunConfig:
     max_new_tokens: int = 256
     slo_s: float | None = None
     policy: str = "slo-odbs"
-    predictor: str = "cap"
+    predictor: str = "auto"  # the model's trained length predictor, else the prompt model
     max_batch_size: int | None = None
     dtype: str | None = None
     raw_prompt: bool = False
@@ -115,4 +118,7 @@ class RunConfig:
         for k, defaults in LATER_OPTIONS_DEFAULTS.items():
             if d.get(k) in defaults:
                 d.pop(k)
+        for k, (new, old) in CHANGED_DEFAULTS.items():
+            if d.get(k) == new:
+                d[k] = old
         return d

@@ -28,7 +28,8 @@ def app() -> typer.Typer:
 
 
 def invoke(app: typer.Typer, *args: str):
-    return CliRunner().invoke(app, ["validate", *args])
+    """The file's rules only: the model's checks are tested with a tiny model below."""
+    return CliRunner().invoke(app, ["validate", *args, "--no-model"])
 
 
 @pytest.mark.parametrize("name", ["jobs.jsonl", "jobs.csv", "jobs.parquet", "jobs_openai.jsonl"])
@@ -46,7 +47,7 @@ def test_rejected_rows_exit_three_and_list_every_error(app):
     result = invoke(app, str(path), "--json")
     assert result.exit_code == 3
     doc = json.loads(result.stdout)
-    assert set(doc) == {"file", "format", "rows", "valid", "rejected", "errors"}
+    assert set(doc) == {"file", "format", "model", "rows", "valid", "rejected", "capped", "errors"}
     assert doc["file"] == str(path) and doc["format"] == "jsonl"
     assert (doc["rows"], doc["valid"], doc["rejected"]) == (11, 1, 10)
     assert [e["line"] for e in doc["errors"]] == list(range(1, 11))
@@ -78,3 +79,18 @@ def test_format_option(app, tmp_path):
     result = invoke(app, str(path), "--format", "csv", "--json")
     assert result.exit_code == 0
     assert json.loads(result.stdout)["format"] == "csv"
+
+
+def test_validate_rejects_what_run_rejects_with_the_models_tokenizer(app, tmp_path, tiny_llama):
+    path = tmp_path / "job.jsonl"
+    rows = [{"id": "ok", "prompt": "Hello"}, {"id": "huge", "prompt": "word " * 40_000},
+            {"id": "greedy", "prompt": "Hi", "max_new_tokens": 100_000}]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    result = CliRunner().invoke(app, ["validate", str(path), "--model", str(tiny_llama), "--json"])
+    assert result.exit_code == 3, result.output
+    doc = json.loads(result.stdout)
+    assert (doc["valid"], doc["rejected"], doc["capped"]) == (2, 1, 1)
+    assert [(e["id"], e["code"]) for e in doc["errors"]] == [("huge", "prompt_too_long")]
+    assert "tokenizer of" in result.stderr
+    # the same file without the model: only the file's rules, so the long prompt passes
+    assert invoke(app, str(path), "--json").exit_code == 0

@@ -83,22 +83,32 @@ def test_limits_hold_the_largest_rows_at_full_length_and_never_less_than_one():
     assert tight.kv_cache_bytes >= 2000 * 1000 and tight.block_size == 16  # one whole request
 
 
-@pytest.mark.parametrize("rows", [50, 400])
-def test_fast_forward_gives_the_same_schedule_as_step_by_step(rows, monkeypatch):
-    """Decode-only stretches are jumped over; the result must be what single steps give."""
+@pytest.mark.parametrize(("rows", "seqs", "budget", "blocks", "block", "early"), [
+    (50, 32, 512, 800, 16, None),  # plenty of blocks: the lazy set takes most steps
+    (400, 32, 512, 800, 16, None),
+    (300, 64, 256, 300, 16, None),  # blocks and budget tight: preemptions, rows going without
+    (200, 16, 4096, 120, 128, 4),  # CPU-sized blocks, an early cap
+    (120, 8, 64, 10_000, 16, None),  # prompts longer than the budget: chunked prefills
+])
+def test_the_lazy_decoding_set_gives_the_row_by_row_schedule(rows, seqs, budget, blocks, block, early):
+    """Decoding rows are advanced as a set; the result must be what single steps give, row
+    by row, whatever the limits (the reference is simulate(fast=False))."""
     import random
 
-    from uellm_cli.plan import continuous
-
     rng = random.Random(rows)
-    reqs = [SimRequest(i, rng.randint(5, 300), rng.randint(1, 200), i) for i in range(rows)]
-    lim = _limits(seqs=32, budget=512, blocks=800, block=16)
-    fast = simulate(reqs, lim, lambda p, a, d, c, s: 0.01 + 0.001 * d + 1e-6 * c + 1e-4 * p)
-    monkeypatch.setattr(continuous, "_fast_forward_ok", lambda *a: False)
-    slow = simulate(reqs, lim, lambda p, a, d, c, s: 0.01 + 0.001 * d + 1e-6 * c + 1e-4 * p)
+    reqs = [SimRequest(i, rng.randint(5, 300), rng.randint(1, 200), rng.randint(0, rows),
+                       generated=rng.choice([0, 0, 0, 3]) if i < 10 else 0) for i in range(rows)]
+    reqs = [r if r.output_tokens > r.generated else replace(r, generated=0) for r in reqs]
+    lim = replace(_limits(seqs=seqs, budget=budget, blocks=blocks, block=block),
+                  early_cap=early, early_rows=rows // 3 if early else 0)
+
+    def timer(p, a, d, c, s):
+        return 0.01 + 0.001 * d + 1e-6 * c + 1e-4 * p + 1e-8 * a + 1e-5 * s
+
+    fast, slow = simulate(reqs, lim, timer), simulate(reqs, lim, timer, fast=False)
     assert fast.steps == slow.steps and fast.preemptions == slow.preemptions
-    assert fast.finish_s == pytest.approx(slow.finish_s)
-    assert fast.start_s == pytest.approx(slow.start_s)
+    assert fast.finish_s == pytest.approx(slow.finish_s, rel=1e-9)
+    assert fast.start_s == pytest.approx(slow.start_s, rel=1e-9)
 
 
 def test_an_early_cap_holds_the_first_rows_to_fewer_at_once():

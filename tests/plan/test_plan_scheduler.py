@@ -189,3 +189,35 @@ def test_max_batch_size_is_respected_by_every_policy():
         batches = schedule(qs, [replica()], COST, policy=policy, max_batch_size=6)
         assert max(len(b.rows) for b in batches) <= 6
         assert sorted(flat(batches)) == list(range(50))
+
+
+def _cpu_with_long_prompts():
+    """A small CPU calibrated like SmolLM2-135M under transformers: a 5,864-token prompt takes
+    about 90 s to prefill (attention's quadratic term), a 40-token one a twentieth of a second."""
+    from uellm_cli.profile.calibration import Calibration
+    from uellm_cli.profile.devices import Device
+
+    model = llama_like(layers=30, hidden=576, heads=9, kv_heads=3, inter=1536, vocab=49152,
+                       dtype_bytes=4, name="smollm2-like")
+    cl = cluster([Device("cpu", "test-cpu", "cpu", 24 * 10**9, 2e11, 4e10, "local")])
+    cal = Calibration("test-cpu", "hf", model.name, prefill=(0.02, 1.2e-3, 2.6e-6),
+                      decode=(0.05, 5e-3, 2e-6))
+    cost = CostModel(model, cl, {"test-cpu": cal})
+    return make_replica(0, model, cl, ["cpu"], [model.num_layers]), cost
+
+
+@pytest.mark.parametrize("deadline", [300.0, 3000.0, None])
+def test_a_long_prompt_runs_alone_instead_of_holding_short_rows_hostage(deadline):
+    """The issue's job: one 5,864-token prompt and four short ones, 8 new tokens each. Padded
+    into one static batch, every row would prefill 5,864 tokens (about 8 minutes here)."""
+    rep, cost = _cpu_with_long_prompts()
+    rows = [query(0, prompt=5864, pred=8, deadline=deadline)]
+    rows += [query(i, prompt=40, pred=8, deadline=deadline) for i in range(1, 5)]
+    batches = schedule(rows, [rep], cost)
+    long_batch = next(b for b in batches if 0 in b.rows)
+    assert long_batch.rows == [0]
+    assert sorted(i for b in batches if b is not long_batch for i in b.rows) == [1, 2, 3, 4]
+    assert len(batches) == 2  # the short rows still share one batch
+    assert max(b.finish_s for b in batches) < cost.batch_time_s(rep, 5, 5864, 8) / 2
+    if deadline is not None:
+        assert all(b.finish_s <= deadline for b in batches)

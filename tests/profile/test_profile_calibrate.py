@@ -9,7 +9,7 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from uellm_cli.engine.calibrate import calibrate
+from uellm_cli.engine.calibrate import calibrate, grid, long_prompts
 from uellm_cli.errors import ConfigError
 from uellm_cli.profile.calibrate import (
     fit,
@@ -47,13 +47,26 @@ def test_fit_reports_mape():
 def test_calibrate_tiny_llama(tiny_llama):
     cal = calibrate(str(tiny_llama), batch_sizes=(1, 4), contexts=(8, 32), repeats=1, max_prefill_tokens=128)
     assert cal.engine == "hf" and cal.model == tiny_llama.name and cal.device_name
-    assert cal.samples == 4 + 4
+    assert cal.samples == 4 + 4 + 1 + 2  # the grid, then a prompt of 496 of the 512-token context
     assert all(c >= 0 for c in cal.prefill + cal.decode)
     assert cal.prefill_s(4, 32) > 0 and cal.decode_s(4, 32) > 0
     assert cal.prefill_s(4, 32) >= cal.prefill_s(1, 8)  # non-negative coefficients: monotone
     assert {"prefill_mape", "decode_mape"} <= cal.fit_error.keys()
     assert all(np.isfinite(cal.fit_error[k]) and cal.fit_error[k] >= 0 for k in ("prefill_mape", "decode_mape"))
     assert cal.fit_error["dtype"] == "float32"
+
+
+def test_the_grid_times_prompts_up_to_the_models_context():
+    """A fit over prompts of at most 512 tokens extrapolated a 5,864-token prefill to 2.6 s (it
+    took minutes): long prompts are timed one row at a time, up to the context."""
+    assert long_prompts(512, 8192) == [2048, 4096, 8176]
+    assert long_prompts(512, 512) == []  # the grid already reaches the context
+    assert long_prompts(512, 3000) == [2048, 2984]
+    assert long_prompts(512, 131072)[-1] == 16384 - 16  # capped: hours of prefill on a CPU
+    prefill, decode = grid((1, 4, 16), (32, 128, 512), 512, 8192)
+    assert (1, 8176) in prefill and (4, 8176) not in prefill  # long prompts alone
+    assert max(L for _, L in prefill) == 8176 and (4, 8176) in decode
+    assert all(b * L <= 512 for b, L in prefill if L <= 512)
 
 
 def test_calibrate_refuses_other_engines_and_devices(tiny_llama):

@@ -39,9 +39,12 @@ NAMESPACE = "uellm-tests"
 
 @pytest.fixture(scope="module")
 def ray_address():
-    """A local Ray with 2 CPUs for this module; tests in this process join it, and `uellm run`
-    processes join it through --ray-address."""
-    ctx = ray.init(num_cpus=2, include_dashboard=False, namespace=NAMESPACE,
+    """A local Ray with 2 CPUs for this module, on loopback only; tests in this process join it,
+    and `uellm run` processes join it through --ray-address."""
+    from uellm_cli.ray_backend.driver import loopback_only
+
+    loopback_only()
+    ctx = ray.init(num_cpus=2, include_dashboard=False, namespace=NAMESPACE, _node_ip_address="127.0.0.1",
                    object_store_memory=100 * 2**20, logging_level="ERROR", log_to_driver=False)
     yield ctx.address_info["gcs_address"]
     ray.shutdown()

@@ -14,7 +14,7 @@ FormatOpt = Annotated[str | None, typer.Option("--format", help="Input format: j
 MaxNewTokensOpt = Annotated[int, typer.Option("--max-new-tokens", help="Default generation budget per row.")]
 SloOpt = Annotated[float | None, typer.Option("--slo", help="Default deadline in seconds after the run starts.")]
 PolicyOpt = Annotated[str, typer.Option("--policy", help="slo-odbs, fcfs, sjf, edf, slo-odbs-paper.")]
-PredictorOpt = Annotated[str, typer.Option("--predictor", help="Output-length predictor: cap, prompt, history.")]
+PredictorOpt = Annotated[str, typer.Option("--predictor", help="Output-length predictor: auto (the model's history predictor, else prompt), history, prompt, cap.")]
 MaxBatchSizeOpt = Annotated[int | None, typer.Option("--max-batch-size", help="Upper bound on rows per batch.")]
 DtypeOpt = Annotated[str | None, typer.Option("--dtype", help="float32 (the CPU default), bfloat16, float16 (default on GPUs: the checkpoint's).")]
 ClusterOpt = Annotated[str | None, typer.Option("--cluster", help="Plan for this cluster spec (4xA100-40GB, 1xA100-80GB+2xL4, cpu) or file instead of the detected hardware.")]

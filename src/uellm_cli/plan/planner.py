@@ -25,9 +25,10 @@ from uellm_cli.config import ON_MISS
 from uellm_cli.errors import ConfigError, DoesNotFitError
 from uellm_cli.plan.costmodel import CostModel, Roofline
 from uellm_cli.plan.deployer import PlacementSearch
+from uellm_cli.plan.parallel import vllm_shapes
 from uellm_cli.plan.scheduler import get_scheduler, schedule
 from uellm_cli.plan.simulate import ForecastMetrics, forecast_metrics, forecast_rows
-from uellm_cli.plan.stream_forecast import stream_forecast
+from uellm_cli.plan.stream_forecast import judge_stream, stream_forecast
 from uellm_cli.plan.types import (
     Deployment,
     Plan,
@@ -44,6 +45,7 @@ OBJECTIVES = ("helr", "lr", "he")
 MAKESPAN_TOL = 0.02
 CPU_INSTANCES_STRATEGY = "cpu-instances"  # engine/vllm_settings.py starts one vLLM per replica
 JUDGE_ROWS = 2000
+STREAM_JUDGE_ROWS = 500  # continuous batching is judged by simulating every step: fewer rows
 SKIP_ROUNDS = 10
 INF = float("inf")
 
@@ -112,18 +114,30 @@ def make_plan(
                       if len(d.replicas) == 1 and d.replicas[0].devices == ("cpu",)][:1] or candidates
     candidates.extend(d for d in extra_deployments  # listed even when equal to a HELR map
                       if d.replicas and replicas in (None, len(d.replicas)))
+    if engine == "vllm" and cluster.has_gpu:  # vLLM's own shapes: tensor x pipeline parallel
+        seen = {_dep_key(d) for d in candidates}
+        longest = max((q.prompt_tokens + q.max_new_tokens for q in queries), default=None)
+        candidates.extend(d for d in vllm_shapes(model, cluster, replicas=replicas, longest_row=longest)
+                          if _dep_key(d) not in seen)
 
-    sample, k = _judging_sample(queries, judge_rows, start_offset_s)
+    sample, k = _judging_sample(queries, min(judge_rows, STREAM_JUDGE_ROWS) if engine == "vllm" else judge_rows,
+                                start_offset_s)
     if k > 1:
         notes.append(f"candidates judged on 1 row in {k} ({len(sample)} rows, deadlines compressed by {k}); "
                      "the chosen one is scheduled on every row")
     pred = {q.index: q.predicted_tokens for q in queries}
     judged = []
+    by_index = {q.index: q for q in sample}
     for dep in candidates:
         j_notes: list[str] = []
         batches = schedule(sample, dep.replicas, cost, policy=policy, start_s=start_offset_s,
                            max_batch_size=max_batch_size, params=policy_params, notes=j_notes)
-        fc = forecast_rows(batches, {q.index: q.deadline_s for q in sample})
+        if engine == "vllm":  # judged as vLLM will run it: continuous batching, simulated
+            streamed = judge_stream(batches, by_index, dep.replicas, cost, start_s=start_offset_s,
+                                    max_batch_size=max_batch_size)
+            batches, fc = streamed.batches, streamed.forecast
+        else:
+            fc = forecast_rows(batches, {q.index: q.deadline_s for q in sample})
         judged.append(_Judged(dep, batches, fc, forecast_metrics(batches, fc, pred), len(sample), j_notes))
     chosen = _pick(judged, objective)
 
@@ -324,7 +338,7 @@ def _p95(values: Sequence[int], default: int) -> int:
 
 
 def _dep_key(d: Deployment) -> tuple:
-    return tuple(tuple((s.device, s.first_layer, s.last_layer) for s in r.stages) for r in d.replicas)
+    return tuple(tuple((s.devices, s.first_layer, s.last_layer) for s in r.stages) for r in d.replicas)
 
 
 def _alternative(j: _Judged, m: ForecastMetrics, cost: CostModel, rows: int, chosen: bool) -> dict:

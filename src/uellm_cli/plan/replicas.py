@@ -18,9 +18,10 @@ def usable_bytes(memory_bytes: int, mem_fraction: float = MEM_FRACTION) -> int:
     return int(memory_bytes * mem_fraction)
 
 
-def make_stages(model: ModelProfile, devices: Sequence[str], layers: Sequence[int],
+def make_stages(model: ModelProfile, devices: Sequence[str | tuple[str, ...]], layers: Sequence[int],
                 kv_reserve_bytes: int = 0) -> tuple[Stage, ...]:
-    """Contiguous blocks in order; embeddings on the first, norm/head on the last."""
+    """Contiguous blocks in order; embeddings on the first, norm/head on the last. A device
+    given as a tuple of ids is a tensor-parallel group: the stage is split over all of them."""
     stages = []
     first = 0
     n = len(devices)
@@ -28,7 +29,9 @@ def make_stages(model: ModelProfile, devices: Sequence[str], layers: Sequence[in
     for i, (dev, k) in enumerate(zip(devices, layers, strict=True)):
         emb, head = i == 0, i == n - 1
         w = k * model.layer_bytes + (model.embed_bytes if emb else 0) + (model.head_bytes if head else 0)
-        stages.append(Stage(dev, first, first + k, emb, head, int(w), int(k * kv_per_layer)))
+        group = tuple(dev) if isinstance(dev, tuple) and len(dev) > 1 else ()
+        lead = dev[0] if isinstance(dev, tuple) else dev
+        stages.append(Stage(lead, first, first + k, emb, head, int(w), int(k * kv_per_layer), group))
         first += k
     return tuple(stages)
 
@@ -59,7 +62,9 @@ def replica_kv_budget(model: ModelProfile, cluster: Cluster, stages: Sequence[St
     """Memory left for KV + activations, scaled to the whole model, on the tightest stage."""
     budget = INF
     for s in stages:
-        free = usable_bytes(cluster.device(s.device).memory_bytes, mem_fraction) - s.weight_bytes
+        # a tensor-parallel stage: each device holds 1/tp of the weights and of the KV
+        smallest = min(cluster.device(d).memory_bytes for d in s.devices)
+        free = (usable_bytes(smallest, mem_fraction) - s.weight_bytes / s.tp) * s.tp
         if s.num_layers == 0:  # an embeddings/head-only stage holds no KV
             budget = 0 if free < 0 else budget
             continue
@@ -67,9 +72,11 @@ def replica_kv_budget(model: ModelProfile, cluster: Cluster, stages: Sequence[St
     return max(0, int(budget)) if budget != INF else 0
 
 
-def make_replica(index: int, model: ModelProfile, cluster: Cluster, devices: Sequence[str],
-                 layers: Sequence[int], kv_reserve_bytes: int = 0,
-                 mem_fraction: float = MEM_FRACTION) -> Replica:
+def make_replica(index: int, model: ModelProfile, cluster: Cluster,
+                 devices: Sequence[str | tuple[str, ...]], layers: Sequence[int],
+                 kv_reserve_bytes: int = 0, mem_fraction: float = MEM_FRACTION) -> Replica:
+    """A replica over `devices` (one per stage; a tuple is a tensor-parallel group) with
+    `layers` decoder layers on each."""
     stages = make_stages(model, devices, layers, kv_reserve_bytes)
     return Replica(index, stages, device_map_for(model, stages),
                    replica_kv_budget(model, cluster, stages, mem_fraction))

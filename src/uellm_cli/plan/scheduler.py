@@ -90,11 +90,16 @@ class SloOdbs:
     before every member's deadline. Forecasts err by about that much (the calibration's fit
     error, machine noise), and a static batch that ends a little late misses for every member
     at once; the margin trades a slightly smaller batch for not falling off that cliff.
+    padded_prefill 1.5: left padding makes every row of a static batch prefill the longest
+    prompt. Once the padded prefill is over 1.5 times the real one, a row joins only if the batch
+    with it ends sooner than the batch without it plus the row alone: a prompt whose prefill
+    dwarfs its neighbours' runs on its own instead of holding them hostage.
     """
 
     name = "slo-odbs"
     safety: float = 0.1
     max_waste: float = 0.3
+    padded_prefill: float = 1.5
     max_batch_size: int = 64
     lookahead: int | None = None
     patience: int = 32
@@ -112,6 +117,7 @@ class SloOdbs:
         act_per_token = cost.act * cost.params.activation_factor
         logits_per_row = cost.model.vocab_size * 4
         max_waste = self.max_waste
+        padded_prefill = self.padded_prefill
         stretch = 1.0 + self.safety
         by_group: dict[tuple, list[Query]] = {}
         for q in sorted(queries, key=edf_key):
@@ -142,6 +148,7 @@ class SloOdbs:
             used[queue.head] = 1
             members = [q]
             size, longest_prompt, longest_upper = 1, q.prompt_tokens, q.predicted_upper
+            sum_prompt = q.prompt_tokens
             longest_pred = sum_pred = q.predicted_tokens
             if kv_per_token * (longest_prompt + longest_upper) + longest_prompt * act_per_token + logits_per_row > budget:
                 too_big += 1
@@ -178,6 +185,15 @@ class SloOdbs:
                     if wasteful and can_wait:
                         continue  # it can wait for a batch of its own length
                 new_finish = start + timer(new_size, new_prompt, new_pred)
+                if new_size * new_prompt > padded_prefill * (sum_prompt + q.prompt_tokens):
+                    # Most of the prefill would be padding (one long prompt among short ones):
+                    # join only if that beats running q on its own, or the long prompt holds
+                    # every row of the batch hostage.
+                    alone = alone_s.get(q.index)
+                    if alone is None:
+                        alone = alone_s[q.index] = timer(1, q.prompt_tokens, q.predicted_tokens)
+                    if new_finish - finish > alone:
+                        continue
                 guarded = start + (new_finish - start) * stretch  # the finish the deadline tests use
                 if guarded > tightest_met:
                     continue
@@ -191,6 +207,7 @@ class SloOdbs:
                 members.append(q)
                 size, longest_prompt, longest_upper = new_size, new_prompt, new_upper
                 longest_pred, sum_pred, finish = new_pred, new_sum, new_finish
+                sum_prompt += q.prompt_tokens
             out.append(planned_batch(len(out), replica.index, members, start, finish))
             timeline.occupy(replica.index, finish)
             if queue.advance():

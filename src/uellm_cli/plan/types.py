@@ -26,7 +26,10 @@ class Query:
 
 @dataclass(slots=True, frozen=True)
 class Stage:
-    """A contiguous block of decoder layers [first, last) on one device of a replica."""
+    """A contiguous block of decoder layers [first, last) on one device of a replica, or on a
+    tensor-parallel group of devices (`tp_group`, `device` first): every layer split over all
+    of them (vLLM's tensor_parallel_size), each holding 1/tp of the weights and KV heads.
+    weight_bytes is the whole stage's."""
 
     device: str
     first_layer: int
@@ -35,10 +38,19 @@ class Stage:
     has_head: bool
     weight_bytes: int
     kv_reserve_bytes: int = 0
+    tp_group: tuple[str, ...] = ()
 
     @property
     def num_layers(self) -> int:
         return self.last_layer - self.first_layer
+
+    @property
+    def tp(self) -> int:
+        return len(self.tp_group) or 1
+
+    @property
+    def devices(self) -> tuple[str, ...]:
+        return self.tp_group or (self.device,)
 
 
 @dataclass(slots=True, frozen=True)
@@ -52,7 +64,14 @@ class Replica:
 
     @property
     def devices(self) -> tuple[str, ...]:
-        return tuple(s.device for s in self.stages)
+        """Every device of the replica, stage by stage (a tensor-parallel stage gives all of
+        its group's)."""
+        return tuple(d for s in self.stages for d in s.devices)
+
+    @property
+    def tp(self) -> int:
+        """The tensor-parallel degree (1: none); every stage of a replica has the same."""
+        return self.stages[0].tp if self.stages else 1
 
 
 @dataclass(slots=True)

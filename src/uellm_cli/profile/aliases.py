@@ -40,6 +40,22 @@ ALIASES: dict[str, dict] = {
         "num_attention_heads": 64, "num_key_value_heads": 8, "vocab_size": 32000,
         "max_position_embeddings": 4096, "rms_norm_eps": 1e-5, "tie_word_embeddings": False,
     },
+    # meta-llama/Llama-3.1-8B (GQA: 8 KV heads, 128k context)
+    "llama-3.1-8b": {
+        "model_type": "llama", "dtype": "bfloat16", "repo": "meta-llama/Llama-3.1-8B",
+        "hidden_size": 4096, "intermediate_size": 14336, "num_hidden_layers": 32,
+        "num_attention_heads": 32, "num_key_value_heads": 8, "vocab_size": 128256,
+        "max_position_embeddings": 131072, "rms_norm_eps": 1e-5, "rope_theta": 500000.0,
+        "tie_word_embeddings": False,
+    },
+    # meta-llama/Llama-3.1-70B (GQA: 8 KV heads, 128k context)
+    "llama-3.1-70b": {
+        "model_type": "llama", "dtype": "bfloat16", "repo": "meta-llama/Llama-3.1-70B",
+        "hidden_size": 8192, "intermediate_size": 28672, "num_hidden_layers": 80,
+        "num_attention_heads": 64, "num_key_value_heads": 8, "vocab_size": 128256,
+        "max_position_embeddings": 131072, "rms_norm_eps": 1e-5, "rope_theta": 500000.0,
+        "tie_word_embeddings": False,
+    },
     # mistralai/Mistral-7B-v0.1 (GQA, 4096-token sliding window)
     "mistral-7b": {
         "model_type": "mistral", "dtype": "bfloat16", "repo": "mistralai/Mistral-7B-v0.1",
@@ -85,6 +101,8 @@ ALIAS_SYNONYMS: dict[str, str] = {
     "qwen2.5-7b-instruct": "qwen2.5-7b",
     "chatglm2": "chatglm2-6b",
     "llama2-7b": "llama-2-7b",
+    "llama3.1-8b": "llama-3.1-8b",
+    "llama3.1-70b": "llama-3.1-70b",
     "smollm2": DEFAULT_MODEL,
     "smollm2-135m-instruct": DEFAULT_MODEL,
 }

@@ -1,7 +1,9 @@
 """Output-length predictors behind one interface, their registry, training and storage.
 
 Predictors (all give a point estimate and an upper quantile, capped at max_new_tokens, >= 1):
-- `cap`: every row generates its full budget (the safe default).
+- `auto` (the default): the model's `history` predictor when it has one, else `prompt`.
+- `cap`: every row generates its full budget (a pessimistic bound, blind to which rows are
+  short: it cannot tell which rows to give up when a job is overloaded).
 - `prompt`: fixed linear model of log(tokens) on prompt features (length, question words,
   requested format and length), fitted once on the natural answer lengths of the AlpacaEval dev
   prompts (reference models, see docs/lengths.md); no training per user.
@@ -369,7 +371,15 @@ def _history(model_name: str | None) -> Predictor:
     return pred
 
 
+def _auto(model_name: str | None) -> Predictor:
+    """The default: the model's own `history` predictor when it has one (trained by the user,
+    or shipped for the default model), else the `prompt` model, which needs no training."""
+    pred = load_predictor_for(model_name) if model_name else None
+    return pred if pred is not None else PromptPredictor()
+
+
 PREDICTORS: dict[str, Callable[[str | None], Predictor]] = {
+    "auto": _auto,
     "cap": lambda _model: CapPredictor(),
     "prompt": lambda _model: PromptPredictor(),
     "history": _history,

@@ -10,7 +10,8 @@ on it, so the next forecast is made from what this engine really did on this dev
   engine/vllm_steps.py): d0 + d1 * rows + d2 * context + p1 * prefill + p2 * attention, the
   step-time model of plan/steptime.py, stored as Calibration(prefill=(d0, p1, p2),
   decode=(d0, d1, d2)).
-Stored beside the grid calibration; the newest one wins.
+Stored beside the grid calibration; the newest one wins. Each run also records how long its
+engine took to start (record_startup), which the next plan's start-up forecast uses.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ KEEP_STEPS = 10_000  # newest engine steps used for the fit
 STEPS_PER_RUN = 2000  # a run's steps, evenly thinned to at most this many
 MIN_STEPS = 30
 MIN_PREFILL_STEPS = 3  # steps with prompt tokens, to tell prefill from decode costs
+STARTUPS_KEPT = 5  # recent engine start-ups the start-up forecast takes the median of
 
 
 def observations_path(engine: str, device_name: str, model: str, kind: str = "batches") -> Path:
@@ -97,6 +99,24 @@ def record_steps(
     if threads:
         cal = replace(cal, fit_error={**cal.fit_error, "threads": threads})
     return _save(path, cal)
+
+
+def record_startup(seconds: float, *, engine: str, device_name: str, model: str) -> None:
+    """Append how long the engine took to load and start for one instance (weights, engine
+    start, KV allocation): the next plan's start-up forecast (measured_startup_s)."""
+    if seconds > 0:
+        _append(observations_path(engine, device_name, model, "startup"),
+                [{"instances": 1, "seconds": round(seconds, 3)}], "instances")
+
+
+def measured_startup_s(*, engine: str, device_name: str, model: str) -> float | None:
+    """The median of the last STARTUPS_KEPT start-ups recorded for this engine, device and
+    model; None before the first."""
+    path = observations_path(engine, device_name, model, "startup")
+    if not path.exists():
+        return None
+    seen = sorted(o["seconds"] for o in _read(path, "instances")[-STARTUPS_KEPT:])
+    return seen[len(seen) // 2] if seen else None
 
 
 def fit_steps(steps: Sequence, *, engine: str, device_name: str, model: str,

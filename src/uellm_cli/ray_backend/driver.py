@@ -38,6 +38,23 @@ from uellm_cli.ray_backend.worker import ReplicaWorker, WorkerSpec
 MAX_RESTARTS = 2  # per actor; a replica lost more often than this is dropped
 READY_TIMEOUT_S = 1800.0  # loading a large model on a slow disk can take long; not forever
 WAIT_SLICE_S = 0.5  # ray.wait in slices, so Ctrl-C is handled promptly
+LOOPBACK = "127.0.0.1"  # where a local Ray that uellm starts listens
+
+
+def loopback_only() -> None:
+    """Make a Ray started by this process serve this machine only: every service (GCS, raylet,
+    object manager, workers, agents) binds to 127.0.0.1. Ray has no authentication: anyone who
+    reaches its ports can run code. Ray turns a node address of 127.0.0.1 into the machine's
+    network address unless it runs in its single-machine mode (the one it uses on macOS and
+    Windows), which RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 selects; child processes inherit it.
+    If Ray is already imported, its constant is set too. A cluster the user points us to is
+    theirs to secure (docs/ray.md)."""
+    import sys
+
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    constants = sys.modules.get("ray._private.ray_constants")
+    if constants is not None:
+        constants.ENABLE_RAY_CLUSTER = False
 
 
 class ReplicaStartError(UellmError):
@@ -60,14 +77,17 @@ class RayBackend:
         self.tag = uuid.uuid4().hex[:8]  # actor names: uellm-<tag>-replica-<i>
 
     def __enter__(self) -> RayBackend:
+        if self.address is None and not os.environ.get("RAY_ADDRESS"):
+            loopback_only()  # before Ray reads its constants
         import ray
 
         if not ray.is_initialized():
             check_reachable(self.address)
             os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+            local = {} if self.address else {"_node_ip_address": LOOPBACK}
             try:
                 ray.init(address=self.address, logging_level=logging.ERROR,
-                               log_to_driver=False, include_dashboard=False)
+                         log_to_driver=False, include_dashboard=False, **local)
             except (ConnectionError, RuntimeError, ValueError) as exc:
                 raise ConfigError(f"cannot connect to Ray at {self.address}: {exc}".splitlines()[0],
                                   hint="start it with `ray start --head`, or drop --ray-address to "

@@ -58,8 +58,9 @@ def _deployment_table(plan: Plan, profile: ModelProfile, cluster: Cluster) -> Ta
             if profile.tied_embeddings and i == 0 and len(r.stages) > 1:
                 also.append(f"{', '.join(tied_head_modules(profile))} (tied)")
             layers = f"{s.first_layer}-{s.last_layer - 1}" if s.num_layers else "none"
-            mem = usable_bytes(cluster.device(s.device).memory_bytes)
-            t.add_row(str(r.index), s.device, layers, ", ".join(also), fmt_bytes(s.weight_bytes),
+            mem = sum(usable_bytes(cluster.device(d).memory_bytes) for d in s.devices)
+            where = s.device if s.tp == 1 else f"{'+'.join(s.devices)} (tp {s.tp})"
+            t.add_row(str(r.index), where, layers, ", ".join(also), fmt_bytes(s.weight_bytes),
                       fmt_bytes(s.kv_reserve_bytes), fmt_bytes(mem))
     return t
 

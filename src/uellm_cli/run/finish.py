@@ -162,7 +162,8 @@ def _learn_costs(cfg: RunConfig, planned: Planned, executed: Executed) -> None:
     """Refit the cost model from what this run executed on a one-device replica (hf: its
     static batches; vllm: its engine steps), so the next forecast for this model and device
     comes from what the engine really did."""
-    from uellm_cli.profile.run_calibration import record_batches, record_steps
+    from uellm_cli.plan.stream_forecast import cpu_kv_alloc_s
+    from uellm_cli.profile.run_calibration import record_batches, record_startup, record_steps
 
     replicas = planned.plan.deployment.replicas
     if cfg.backend != "local" or len(replicas) != 1 or len(replicas[0].stages) != 1:
@@ -175,6 +176,12 @@ def _learn_costs(cfg: RunConfig, planned: Planned, executed: Executed) -> None:
     where = dict(engine=planned.engine, device_name=device.name, model=planned.model.name,
                  threads=threads)
     with contextlib.suppress(OSError):  # an optimisation: a read-only home must not fail the run
+        if executed.model_load_s:  # per instance (they start one after the other), less the
+            start = executed.model_load_s / planned.target.instances  # KV allocation the plan adds
+            if planned.engine == "vllm" and device.kind == "cpu" and planned.plan.stream:
+                start -= cpu_kv_alloc_s(next(iter(planned.plan.stream.values())))
+            record_startup(max(0.5, start), engine=planned.engine, device_name=device.name,
+                           model=planned.model.name)
         if planned.engine == "vllm":
             record_steps(executed.steps, **where)
         else:

@@ -131,20 +131,29 @@ def for_cpu_threads(calibrations: Mapping[str, Calibration], cluster: Cluster,
     return out
 
 
-def expected_startup_s(model_profile: ModelProfile, engine: str = "hf",
-                       backend: str = "local") -> float:
-    """Seconds before the first batch can start: loading safetensors at roughly disk/memory
-    speed (~1 GB/s is a fair CPU guess), plus what comes on top: a Ray actor starts a process
-    that imports torch; vLLM starts an engine (import, KV allocation)."""
-    load = 0.5 + model_profile.weight_bytes / 1e9
+def expected_startup_s(model_profile: ModelProfile, engine: str = "hf", backend: str = "local",
+                       *, cluster: Cluster | None = None, instances: int = 1) -> float:
+    """Seconds before the first row can start: what this engine took to start here the last
+    few times (run_calibration.measured_startup_s, per engine instance; several start one
+    after the other), else a guess: loading safetensors at roughly disk/memory speed (~1 GB/s
+    is a fair CPU guess), plus what comes on top: a Ray actor starts a process that imports
+    torch; vLLM starts an engine (import, KV allocation)."""
     if backend == "ray":
         from uellm_cli.ray_backend import EXPECTED_ACTOR_START_S
 
-        return load + EXPECTED_ACTOR_START_S
+        return 0.5 + model_profile.weight_bytes / 1e9 + EXPECTED_ACTOR_START_S
+    if cluster is not None and cluster.devices:
+        from uellm_cli.profile.run_calibration import measured_startup_s
+
+        device = next((d for d in cluster.devices if d.kind == "gpu"), cluster.devices[0])
+        measured = measured_startup_s(engine=engine, device_name=device.name, model=model_profile.name)
+        if measured is not None:
+            return measured * instances
+    load = 0.5 + model_profile.weight_bytes / 1e9
     if engine == "vllm":
         from uellm_cli.engine.vllm_settings import EXPECTED_START_S
 
-        return load + EXPECTED_START_S
+        return (load + EXPECTED_START_S) * instances
     return load
 
 
@@ -157,9 +166,11 @@ def model_profile(prepared: PreparedJob, cluster: Cluster, dtype: str | None) ->
     return profile_of(prepared.model.config, prepared.model.name, planning_dtype(cluster, dtype))
 
 
-def predict(cfg: RunConfig, model_name: str, rows: Mapping[int, PreparedRow]) -> dict[int, Query]:
+def predict(cfg: RunConfig, model_name: str, rows: Mapping[int, PreparedRow]
+            ) -> tuple[dict[int, Query], str]:
     """A Query per row: its tokens, deadline, and the predictor's output length (the point
-    value for time, the upper quantile for memory), never past the row's budget."""
+    value for time, the upper quantile for memory), never past the row's budget; and the
+    name of the predictor that made them (`auto` picks one)."""
     from uellm_cli.profile.lengths import LengthQuery, get_predictor
 
     predictor = get_predictor(cfg.predictor, model_name=model_name)
@@ -178,7 +189,7 @@ def predict(cfg: RunConfig, model_name: str, rows: Mapping[int, PreparedRow]) ->
             predicted_upper=min(max(pred.upper, pred.tokens), budget),
             deadline_s=p.row.deadline_s, priority=p.row.priority, group=p.row.sampling.key(),
         )
-    return queries
+    return queries, predictor.name
 
 
 def plan_rows(cfg: RunConfig, rows: Mapping[int, PreparedRow], targets: Targets, *,
@@ -192,7 +203,7 @@ def plan_rows(cfg: RunConfig, rows: Mapping[int, PreparedRow], targets: Targets,
     from uellm_cli.run.engines import choose
 
     profile = targets.profile
-    queries = predict(cfg, profile.name, rows)
+    queries, predictor = predict(cfg, profile.name, rows)
     for i, q in queries.items():
         rows[i].predicted_tokens = q.predicted_tokens
     planned = []
@@ -200,12 +211,14 @@ def plan_rows(cfg: RunConfig, rows: Mapping[int, PreparedRow], targets: Targets,
         plan = make_plan(
             list(queries.values()), profile, target.cluster, policy=cfg.policy,
             objective=objective, calibrations=target.calibrations,
-            start_offset_s=now_s + expected_startup_s(profile, target.engine, cfg.backend),
+            start_offset_s=now_s + expected_startup_s(profile, target.engine, cfg.backend,
+                                                      cluster=target.cluster, instances=target.instances),
             max_batch_size=cfg.max_batch_size, extra_deployments=extra_deployments,
             on_miss=cfg.on_miss, replicas=cfg.replicas, roofline=target.roofline,
             engine=target.engine, cpu_instances=target.instances,
         )
         planned.append(Planned(plan, queries, profile, target, targets.engine_note))
     best = choose(planned) if len(planned) > 1 else planned[0]
-    best.plan.notes[:0] = [n for n in (best.engine_note, *targets.notes) if n]
+    lengths = f"output lengths: the {predictor} predictor" + (" (auto)" if cfg.predictor == "auto" else "")
+    best.plan.notes[:0] = [n for n in (best.engine_note, *targets.notes, lengths) if n]
     return best
