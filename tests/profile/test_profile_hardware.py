@@ -228,8 +228,12 @@ def test_spec_counts_and_catalogue_numbers():
     a100 = cat.gpu_from_name("A100-40GB")
     assert [d.id for d in c.devices] == ["cuda:0", "cuda:1", "cuda:2", "cuda:3"]
     assert all(d.memory_bytes == 40 * GiB and d.flops == a100.flops for d in c.devices)
-    assert c.link("cuda:0", "cuda:3").kind == "pcie"  # no :nvlink, no NVLink assumed
+    assert c.link("cuda:0", "cuda:3").kind == "nvlink"  # an SXM part sits on an NVSwitch board
     assert c.source == "spec" and not c.notes
+    assert parse_cluster_spec("4xA100-40GB:pcie").link("cuda:0", "cuda:3").kind == "pcie"
+    assert parse_cluster_spec("2xL4").link("cuda:0", "cuda:1").kind == "pcie"  # no NVLink at all
+    bridged = parse_cluster_spec("2xA100-80GB-PCIe")
+    assert bridged.link("cuda:0", "cuda:1").kind == "pcie"  # bridges are never assumed
 
 
 def test_spec_nvlink_and_mixed_groups():

@@ -29,12 +29,13 @@ No torch here: it runs on the planner's hot path and in `uellm plan` on any lapt
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, replace
 from itertools import pairwise
 
 from uellm_cli.plan.types import Replica
 from uellm_cli.profile.calibration import Calibration, same_model
+from uellm_cli.profile.catalogue import INFLIGHT_BATCHING_EFFICIENCY
 from uellm_cli.profile.devices import Cluster, Device
 from uellm_cli.profile.model_profile import ModelProfile
 
@@ -49,19 +50,28 @@ class RooflineParams:
     layer_overhead_s: float = 5e-5  # kernel launches and Python per layer per forward
     step_overhead_s: float = 2e-3  # per forward: generate loop, logits processors, sampling
     activation_factor: float = 8.0  # transient hidden-sized buffers per prompt token
+    comm_eff: float = 1.0  # share of a link's bandwidth (and latency) a tensor-parallel all-reduce reaches
 
 
 
 @dataclass(slots=True, frozen=True)
 class Roofline:
     """An engine's roofline on each kind of device: GPUs and CPUs reach very different shares
-    of their peaks, and engines differ in overhead."""
+    of their peaks, and engines differ in overhead. `gpu_efficiency`: (compute_eff,
+    bandwidth_eff) measured for particular GPUs (catalogue names), which replace the GPU
+    default's on those."""
 
     gpu: RooflineParams = RooflineParams()
     cpu: RooflineParams = RooflineParams()
+    gpu_efficiency: Mapping[str, tuple[float, float]] = field(default_factory=dict)
 
-    def on(self, kind: str) -> RooflineParams:
-        return self.cpu if kind == "cpu" else self.gpu
+    def on(self, kind: str, name: str | None = None) -> RooflineParams:
+        if kind == "cpu":
+            return self.cpu
+        measured = self.gpu_efficiency.get(name or "")
+        if measured is None:
+            return self.gpu
+        return replace(self.gpu, compute_eff=measured[0], bandwidth_eff=measured[1])
 
 
 # CPU rooflines fitted here to each engine's calibration of smollm2-135m (float32, 2 threads,
@@ -69,12 +79,19 @@ class Roofline:
 # squares over decode steps of 1-64 rows at 32-512 tokens of context and prefills of 1-4 rows
 # of 32-512 tokens (docs/engines.md, "Cost model per engine"). HF eager spends its time in
 # per-layer overhead and attention it does not fuse; vLLM's kernels beat the measured matmul
-# (efficiencies above 1). GPUs keep the round defaults until published runs set them.
+# (efficiencies above 1). vLLM on GPUs: fitted to published runs (bench/published_runs.py);
+# hf on GPUs keeps the round defaults.
 ENGINE_ROOFLINES: dict[str, Roofline] = {
     "hf": Roofline(cpu=RooflineParams(compute_eff=0.5, bandwidth_eff=0.3, layer_overhead_s=3e-4,
                                       step_overhead_s=3e-3)),
-    "vllm": Roofline(cpu=RooflineParams(compute_eff=1.4, bandwidth_eff=2.0, layer_overhead_s=1e-4,
-                                        step_overhead_s=1e-2)),
+    "vllm": Roofline(
+        # GPUs: the fit to published in-flight-batching runs (profile/catalogue.py); GPUs not
+        # measured there take round shares between the measured ones
+        gpu=RooflineParams(compute_eff=0.7, bandwidth_eff=0.65, layer_overhead_s=1e-5,
+                           step_overhead_s=1e-3, comm_eff=0.5),
+        cpu=RooflineParams(compute_eff=1.4, bandwidth_eff=2.0, layer_overhead_s=1e-4,
+                           step_overhead_s=1e-2),
+        gpu_efficiency=INFLIGHT_BATCHING_EFFICIENCY),
 }
 
 
@@ -167,7 +184,7 @@ class CostModel:
     # ------------------------------------------------------------------ per device
 
     def _coef(self, dev: Device) -> DevCoef:
-        p = self.roofline.on(dev.kind)
+        p = self.roofline.on(dev.kind, dev.name)
         cal = self.calibrations.get(dev.name)
         if cal is not None and not same_model(cal.model, self.model.name):
             self._ignored[dev.id] = f"calibration of {dev.name} was measured with {cal.model}"
@@ -183,16 +200,16 @@ class CostModel:
         at t times one device's effective rate (a one-device calibration does not apply: the
         roofline does); each layer then all-reduces the hidden state twice (after attention
         and after the MLP), a ring moving 2(t-1)/t of it over the group's slowest link, with
-        2(t-1) link latencies."""
+        2(t-1) link latencies, at the roofline's comm_eff of the link."""
         t = len(group)
         coefs = [self.device_coef(d) for d in group]
         devices = [self.cluster.device(d) for d in group]
-        p = self.roofline.on(devices[0].kind)
+        p = self.roofline.on(devices[0].kind, devices[0].name)
         fe = min(max(d.flops, 1.0) for d in devices) * p.compute_eff * t
         be = min(max(d.mem_bandwidth, 1.0) for d in devices) * p.bandwidth_eff * t
         link = min((self.cluster.link(a, z) for a, z in pairwise(group)), key=lambda lk: lk.bandwidth)
-        per_token = 2 * (2 * (t - 1) / t) * self.act / link.bandwidth
-        per_pass = 2 * 2 * (t - 1) * link.latency
+        per_token = 2 * (2 * (t - 1) / t) * self.act / (link.bandwidth * p.comm_eff)
+        per_pass = 2 * 2 * (t - 1) * link.latency / p.comm_eff
         return (DevCoef(fe, be, None, coefs[0].layer_overhead_s, coefs[0].step_overhead_s),
                 per_token, per_pass)
 
@@ -398,7 +415,7 @@ class CostModel:
                 entry["calibration"] = {"engine": c.cal.engine, "model": c.cal.model,
                                         "measured_at": c.cal.measured_at, "fit_error": dict(c.cal.fit_error)}
             else:
-                entry["roofline"] = asdict(self.roofline.on(dev.kind))
+                entry["roofline"] = asdict(self.roofline.on(dev.kind, dev.name))
             if dev.id in self._ignored:
                 entry["note"] = self._ignored[dev.id]
             devices.append(entry)

@@ -140,6 +140,8 @@ def make_plan(
             fc = forecast_rows(batches, {q.index: q.deadline_s for q in sample})
         judged.append(_Judged(dep, batches, fc, forecast_metrics(batches, fc, pred), len(sample), j_notes))
     chosen = _pick(judged, objective)
+    if len(judged) > 1:
+        notes.append(_why(chosen, judged))
 
     skipped: dict[int, RowForecast] = {}
     stream: dict[int, StreamLimits] = {}
@@ -319,6 +321,19 @@ def _pick(judged: list[_Judged], objective: str) -> _Judged:
     shortest = min(j.makespan for j in pool)
     near = [j for j in pool if j.makespan <= shortest * (1 + MAKESPAN_TOL) + 1e-12]
     return min(near, key=lambda j: (j.n_devices, j.makespan))
+
+
+def _why(chosen: _Judged, judged: list[_Judged]) -> str:
+    """One line: the deployment chosen, its forecast, and the best of the others'."""
+    def said(j: _Judged) -> str:
+        d, m = j.deployment, j.metrics
+        met = "" if m.slo_attainment is None else f"{m.slo_attainment:.0%} of deadlines met, "
+        rate = f", {m.throughput_tok_s:.0f} tok/s" if m.throughput_tok_s else ""
+        return f"{d.strategy} ({d.note}): {met}makespan {j.makespan:.0f} s{rate}"
+
+    runner_up = min((j for j in judged if j is not chosen), key=lambda j: (-j.attainment, j.makespan))
+    return (f"deployment {said(chosen)}, the best of {len(judged)} judged (on {chosen.judged_rows} "
+            f"rows); next best {said(runner_up)}")
 
 
 def _judging_sample(queries: Sequence[Query], limit: int, start: float) -> tuple[list[Query], int]:

@@ -13,7 +13,8 @@ From a Calibration (the whole model on one device, profile/calibration.py) a ste
 (p0 instead of d0 for a prefill-only step): the calibration's decode and prefill forms, added,
 with one forward's overhead. From the roofline, each decoder layer costs
 max(FLOPs / (flops * compute_eff), bytes / (bandwidth * bandwidth_eff)) + layer_overhead_s,
-with its weights read once for the whole step, and the stage with the lm_head adds the head
+with its weights read once for the whole step (and the KV once per decode row, once per tile of
+ATTENTION_TILE prompt tokens of a prefill chunk), and the stage with the lm_head adds the head
 and step_overhead_s, as in costmodel.py. Hops between stages move every token's hidden state;
 a tensor-parallel stage computes at its group's rate and pays its all-reduces per token and
 per forward (CostModel.tp_coef).
@@ -27,6 +28,7 @@ from uellm_cli.plan.costmodel import CostModel
 from uellm_cli.plan.types import Replica
 
 StepTimer = Callable[[int, float, int, float, int], float]
+ATTENTION_TILE = 128  # queries of a prefill chunk that share one read of the KV (flash attention)
 
 
 def step_timer(cost: CostModel, replica: Replica) -> StepTimer:
@@ -58,11 +60,14 @@ def step_timer(cost: CostModel, replica: Replica) -> StepTimer:
            decode_context: float, sampled_rows: int) -> float:
         tokens = prefill_tokens + decode_rows
         attended = decode_context + 0.5 * prefill_attention
+        # KV read: a decode row reads its whole context; a prefill chunk reads it once per tile
+        # of ATTENTION_TILE queries (flash attention), not once per query
+        kv_tokens = decode_context + 0.5 * prefill_attention / ATTENTION_TILE + tokens
         t = hop_latency_s + hop_s_per_token * tokens if hops else 0.0
         for (layers, layer_flop_s, attn_flop_s, weight_read_s, kv_read_s, token_s, head_flop_s,
              head_read_s, overhead_s) in roof_t:
             compute = tokens * layer_flop_s + attended * attn_flop_s
-            memory = weight_read_s + (attended + tokens) * kv_read_s
+            memory = weight_read_s + kv_tokens * kv_read_s
             head = sampled_rows * head_flop_s
             if head < head_read_s:
                 head = head_read_s

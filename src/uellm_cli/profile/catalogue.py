@@ -129,6 +129,22 @@ LINKS: dict[str, LinkSpec] = {
 }
 
 
+
+# Shares of peak (compute, memory bandwidth) an in-flight-batching engine reaches on these GPUs,
+# for the vLLM engine's roofline (plan/costmodel.py). Fitted by bench/published_runs.py --fit to
+# NVIDIA's TensorRT-LLM "Performance Overview", data of v0.13.0 (trtllm-bench, fp16, fixed
+# lengths; github.com/NVIDIA/TensorRT-LLM/blob/v0.13.0/docs/source/performance/perf-overview.md):
+# Llama-2-7B at 128/128 and 2048/128 output tokens/s on one A100-SXM4-80GB (5,238.68, 560.35) and
+# one H100 80GB HBM3 (11,436.31, 1,157.55), with 10 us a layer and 1 ms a step of overhead; and,
+# fitted on Llama-2-70B over 4 A100s (2,766.00), all-reduces at half the NVLink rate (comm_eff
+# 0.5). Checked on nine runs it was not fitted to (docs/planner.md): within 14.1%. The A100-40GB
+# is the same silicon with less bandwidth, so it takes the A100-80GB's shares.
+INFLIGHT_BATCHING_EFFICIENCY: dict[str, tuple[float, float]] = {
+    "A100-80GB": (0.8, 0.6),
+    "A100-40GB": (0.8, 0.6),
+    "H100-80GB": (0.7, 0.7),
+}
+
 def pcie_link(gen: int) -> LinkSpec:
     """The x16 PCIe link of a generation (unknown generations fall back to gen3)."""
     return LINKS.get(f"pcie{gen}", LINKS["pcie3"])

@@ -92,10 +92,12 @@ def _pcie(gen: int, where: str) -> Link:
 
 
 def _group_links(gpu: cat.GpuSpec, first: int, count: int, link: str | None, token: str) -> dict:
-    """Links inside one group: PCIe by default, or the `:LINK` named after the group."""
+    """Links inside one group: the `:LINK` named after the group, else NVLink through the
+    switch for SXM parts (an SXM board always has it: A100-80GB, H100-80GB) and PCIe for
+    the rest."""
     ids = [f"cuda:{first + i}" for i in range(count)]
     pairs = [(a, b) for i, a in enumerate(ids) for b in ids[i + 1:]]
-    name = (link or "pcie").lower()
+    name = (link or ("nvlink" if gpu.nvlink_topology == "switch" else "pcie")).lower()
     if name.startswith("nvlink"):
         if not gpu.nvlink_gen:
             raise ConfigError(f"{gpu.name} has no NVLink ({token!r})", hint="use :pcie, or leave the link out")
