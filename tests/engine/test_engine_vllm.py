@@ -170,6 +170,72 @@ def test_a_helr_split_over_gpus_becomes_pipeline_parallel_with_its_layer_counts(
         plan_settings(plan, _Profile(), [RowShape(10, 10)], model_path="/m")
 
 
+def _gpu_plan(shape: str, replicas: int) -> Plan:
+    """A plan of llama-2-70b on 4 x A100-80GB with one of vLLM's own shapes (plan/parallel.py)."""
+    from uellm_cli.plan.parallel import vllm_shapes
+    from uellm_cli.profile.hardware import parse_cluster_spec
+    from uellm_cli.profile.model import profile_of, resolve_config
+
+    config, name, _ = resolve_config("llama-2-70b")
+    dep = next(d for d in vllm_shapes(profile_of(config, name, "float16"), parse_cluster_spec("4xA100-80GB"))
+               if d.strategy == shape and len(d.replicas) == replicas)
+    plan = _plan([[r] for r in range(replicas)], replicas=replicas)
+    plan.deployment = dep
+    return plan
+
+
+class _Big(_Profile):
+    name, head_dim, max_context, kv_bytes_per_token = "llama-2-70b", 128, 4096, 327_680
+
+
+def test_tensor_parallel_replicas_start_on_their_own_gpus():
+    plan = _gpu_plan("tp2-pp1", 2)
+    rows = [RowShape(100, 100, 0), RowShape(100, 100, 1)]
+    settings, notes = plan_settings(plan, _Big(), rows, model_path="/m")
+    assert [s.replicas for s in settings] == [(0,), (1,)]
+    assert [s.visible_devices for s in settings] == ["0,1", "2,3"]
+    for s in settings:
+        assert s.tensor_parallel_size == 2 and s.pipeline_parallel_size == 1 and not s.in_process
+        kw = s.llm_kwargs()
+        assert kw["tensor_parallel_size"] == 2 and "pipeline_parallel_size" not in kw
+        assert s.env()["CUDA_VISIBLE_DEVICES"] == s.visible_devices and s.dtype == "auto"
+    assert any("tensor_parallel_size=2, pipeline_parallel_size=1" in n for n in notes)
+
+
+def test_tensor_by_pipeline_parallel_passes_both_degrees_and_the_layer_split():
+    (s,), notes = plan_settings(_gpu_plan("tp2-pp2", 1), _Big(), [RowShape(100, 100)], model_path="/m")
+    assert s.visible_devices == "0,1,2,3" and s.layer_partition == "40,40"
+    kw = s.llm_kwargs()
+    assert kw["tensor_parallel_size"] == 2 and kw["pipeline_parallel_size"] == 2
+    assert s.env()["VLLM_PP_LAYER_PARTITION"] == "40,40"
+
+
+def test_start_llm_hands_vllm_the_settings_and_the_gpus_while_it_starts(monkeypatch):
+    """No GPU here: a fake vllm.LLM records what the engine is started with, and the
+    environment it sees while it starts (CUDA_VISIBLE_DEVICES, the layer partition)."""
+    pytest.importorskip("vllm", reason=VLLM_REASON)
+    import os
+
+    import vllm
+
+    seen = {}
+
+    class FakeLLM:
+        def __init__(self, **kwargs):
+            seen["kwargs"] = kwargs
+            seen["env"] = {k: os.environ.get(k) for k in ("CUDA_VISIBLE_DEVICES", "VLLM_PP_LAYER_PARTITION",
+                                                          "VLLM_ENABLE_V1_MULTIPROCESSING")}
+
+    monkeypatch.setattr(vllm, "LLM", FakeLLM)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    (s,), _ = plan_settings(_gpu_plan("tp2-pp2", 1), _Big(), [RowShape(100, 100)], model_path="/m")
+    assert isinstance(vllm_engine.start_llm(s), FakeLLM)
+    assert seen["kwargs"]["tensor_parallel_size"] == 2 and seen["kwargs"]["pipeline_parallel_size"] == 2
+    assert seen["env"] == {"CUDA_VISIBLE_DEVICES": "0,1,2,3", "VLLM_PP_LAYER_PARTITION": "40,40",
+                           "VLLM_ENABLE_V1_MULTIPROCESSING": "1"}
+    assert "CUDA_VISIBLE_DEVICES" not in os.environ  # restored once it has started
+
+
 def test_head_dims_the_cpu_kernels_lack_are_refused_before_loading():
     prof = _Profile()
     prof.head_dim = 16  # the shared tiny_llama fixture's: vLLM fails at its first step
