@@ -439,6 +439,7 @@ def _half_stopping_token(model, tok, job_rows: list[dict]) -> int:
 
 
 _LLMS: dict = {}
+_REAL_START_LLM = vllm_engine.start_llm
 
 
 @pytest.fixture(autouse=True)
@@ -650,3 +651,22 @@ def test_the_simulator_finishes_rows_in_the_steps_vllm_does(vllm_model):
                    lambda *_: 1.0)
     assert {i: round(s) for i, s in sim.finish_s.items()} == ended
     assert sim.steps == stats.steps
+
+
+def test_vllm_calibration_runs_to_the_end_of_the_models_context(vllm_model, monkeypatch):
+    """`uellm profile --calibrate --engine vllm` on a real vLLM started as it asks (not the
+    shared test instance): its longest prompt is 16 tokens short of the context, and the fit
+    comes back with the long prompts' steps in it."""
+    from uellm_cli.engine.vllm_calibrate import calibrate_vllm
+
+    started = []
+
+    def start(settings):
+        started.append(settings)
+        return _REAL_START_LLM(settings)
+
+    monkeypatch.setattr(vllm_engine, "start_llm", start)
+    cal = calibrate_vllm(str(vllm_model), batch_sizes=(1, 2), contexts=(16, 64), repeats=1)
+    assert started[0].max_model_len == 512  # 496 prompt tokens + 4 to generate, in 16s
+    assert cal.engine == "vllm" and cal.fit_error["source"] == "calibration"
+    assert cal.samples > 0 and min(cal.prefill + cal.decode) >= 0

@@ -10,6 +10,7 @@ import typer
 from typer.testing import CliRunner
 
 from uellm_cli.engine.calibrate import calibrate, grid, long_prompts
+from uellm_cli.engine.vllm_calibrate import DECODE_TOKENS, calibration_lengths
 from uellm_cli.errors import ConfigError
 from uellm_cli.profile.calibrate import (
     fit,
@@ -67,6 +68,18 @@ def test_the_grid_times_prompts_up_to_the_models_context():
     assert (1, 8176) in prefill and (4, 8176) not in prefill  # long prompts alone
     assert max(L for _, L in prefill) == 8176 and (4, 8176) in decode
     assert all(b * L <= 512 for b, L in prefill if L <= 512)
+
+
+def test_the_vllm_engine_of_a_calibration_takes_its_longest_prompt_and_the_tokens_after_it():
+    """vLLM refuses a prompt that leaves no room for an output token: an engine sized to the
+    longest prompt alone (8176 of an 8192 context) failed `uellm profile --calibrate` at its
+    last job, after four minutes."""
+    for ctx in (512, 3000, 8192, 131072):
+        points, longs, max_len = calibration_lengths((1, 4, 16), (32, 128, 512), 8192, ctx)
+        assert max_len <= ctx
+        assert all(max_len >= L + DECODE_TOKENS for L in longs)
+        assert all(c + DECODE_TOKENS <= max_len for _, c in points)
+    assert calibration_lengths((1,), (32,), 8192, 8192)[1:] == ([2048, 4096, 8176], 8192)
 
 
 def test_calibrate_refuses_other_engines_and_devices(tiny_llama):

@@ -47,7 +47,6 @@ def calibrate_vllm(
     `max_prefill_tokens` is the hf engine's knob and is not used here: vLLM chunks prefills."""
     import vllm
 
-    from uellm_cli.engine.calibrate import long_prompts
     from uellm_cli.engine.models import load_config, resolve_model
     from uellm_cli.engine.vllm_engine import require_vllm, start_llm
     from uellm_cli.engine.vllm_settings import VLLMSettings, check_cpu_support
@@ -66,13 +65,10 @@ def calibrate_vllm(
     prof = load_model_profile(str(resolved.path), dtype or "float32")
     check_cpu_support(prof)
     require_vllm()
-    room = prof.max_context - DECODE_TOKENS - 2
-    grid = [(b, min(c, room)) for c in contexts for b in batch_sizes if b * c <= max_decode_tokens]
-    grid = grid or [(min(batch_sizes), min(min(contexts), room))]
-    longs = [min(L, room) for L in long_prompts(max(c for _, c in grid), prof.max_context)]
+    grid, longs, max_len = calibration_lengths(batch_sizes, contexts, max_decode_tokens,
+                                               prof.max_context)
     widest = max(b for b, _ in grid)
     longest = max(c for _, c in grid) + 64
-    max_len = min(prof.max_context, -(-max(longest, *longs, 0) // 16) * 16)
     kv_tokens = max(2 * widest * longest, max(longs, default=0) + 64)  # the grid's, or one long row
     kv = int(max(16 << 20, kv_tokens * prof.kv_bytes_per_token * 1.2))
     llm = start_llm(VLLMSettings(model=str(resolved.path), replicas=(0,), dtype=dtype or "float32",
@@ -101,6 +97,22 @@ def calibrate_vllm(
                           hint="give more --batch-sizes or contexts")
     return replace(cal, fit_error={**cal.fit_error, "dtype": dtype or "float32",
                                    "repeats": repeats, "threads": threads, "vllm": vllm.__version__})
+
+
+def calibration_lengths(batch_sizes, contexts, max_decode_tokens: int, max_context: int
+                        ) -> tuple[list[tuple[int, int]], list[int], int]:
+    """The grid's (batch, context) points, the long prompt lengths, and the engine's
+    max_model_len: room for the longest prompt and its DECODE_TOKENS (vLLM refuses a request
+    whose prompt plus one output token does not fit), in whole blocks of 16, within the
+    model's context."""
+    from uellm_cli.engine.calibrate import long_prompts
+
+    room = max_context - DECODE_TOKENS - 2
+    grid = [(b, min(c, room)) for c in contexts for b in batch_sizes if b * c <= max_decode_tokens]
+    grid = grid or [(min(batch_sizes), min(min(contexts), room))]
+    longs = [min(L, room) for L in long_prompts(max(c for _, c in grid), max_context)]
+    needed = max([max(c for _, c in grid) + 64, *(L + DECODE_TOKENS for L in longs)])
+    return grid, longs, min(max_context, -(-needed // 16) * 16)
 
 
 def _run(engine, recorder, job: list[tuple[int, int]], vocab: int, rng: random.Random) -> list:
