@@ -25,6 +25,8 @@ of the prefill = batch * prompt * activation_bytes_per_token * activation_factor
 sized temporaries, the MLP intermediate) + the float32 logits of the last position.
 
 No torch here: it runs on the planner's hot path and in `uellm plan` on any laptop.
+Longer than our ~400-line rule on purpose: roofline, calibration, tensor-parallel all-reduce
+and memory are one formula the planner and forecast share; split, its parts would drift.
 """
 
 from __future__ import annotations
