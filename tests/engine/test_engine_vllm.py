@@ -655,8 +655,8 @@ def test_the_simulator_finishes_rows_in_the_steps_vllm_does(vllm_model):
 
 def test_vllm_calibration_runs_to_the_end_of_the_models_context(vllm_model, monkeypatch):
     """`uellm profile --calibrate --engine vllm` on a real vLLM started as it asks (not the
-    shared test instance): its longest prompt is 16 tokens short of the context, and the fit
-    comes back with the long prompts' steps in it."""
+    shared test instance): its longest prompt is 16 tokens short of the context, the engine
+    takes it with the tokens it generates, and the fit comes back."""
     from uellm_cli.engine.vllm_calibrate import calibrate_vllm
 
     started = []

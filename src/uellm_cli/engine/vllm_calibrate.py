@@ -27,6 +27,7 @@ from uellm_cli.profile.calibration import Calibration
 
 DEFAULT_MAX_DECODE_TOKENS = 8192
 DECODE_TOKENS = 4  # tokens per request of a grid job: its prefill, then a few decode steps
+GRID_ROOM = 64  # tokens past the grid's longest context: the mixed job's outputs grow into it
 
 
 def calibrate_vllm(
@@ -68,7 +69,7 @@ def calibrate_vllm(
     grid, longs, max_len = calibration_lengths(batch_sizes, contexts, max_decode_tokens,
                                                prof.max_context)
     widest = max(b for b, _ in grid)
-    longest = max(c for _, c in grid) + 64
+    longest = max(c for _, c in grid) + GRID_ROOM
     kv_tokens = max(2 * widest * longest, max(longs, default=0) + 64)  # the grid's, or one long row
     kv = int(max(16 << 20, kv_tokens * prof.kv_bytes_per_token * 1.2))
     llm = start_llm(VLLMSettings(model=str(resolved.path), replicas=(0,), dtype=dtype or "float32",
@@ -83,7 +84,8 @@ def calibrate_vllm(
     rng = random.Random(0)
     jobs = [[(c, DECODE_TOKENS)] * b for b, c in grid for _ in range(repeats)]
     jobs += [[(L, DECODE_TOKENS)] for L in longs]  # chunked prefills of long prompts, alone
-    jobs.append([(rng.choice([c for _, c in grid]), rng.randint(2, 64)) for _ in range(2 * widest)])
+    jobs.append([(rng.choice([c for _, c in grid]), rng.randint(2, GRID_ROOM))
+                 for _ in range(2 * widest)])
     _run(engine, recorder, [(8, 2)], vocab, rng)  # warm-up, not recorded
     steps = []
     for done, job in enumerate(jobs, 1):
@@ -103,16 +105,16 @@ def calibration_lengths(batch_sizes, contexts, max_decode_tokens: int, max_conte
                         ) -> tuple[list[tuple[int, int]], list[int], int]:
     """The grid's (batch, context) points, the long prompt lengths, and the engine's
     max_model_len: room for the longest prompt and its DECODE_TOKENS (vLLM refuses a request
-    whose prompt plus one output token does not fit), in whole blocks of 16, within the
-    model's context."""
+    whose prompt plus one output token does not fit), aligned as a run's engine is."""
     from uellm_cli.engine.calibrate import long_prompts
+    from uellm_cli.plan.continuous import aligned_model_len
 
     room = max_context - DECODE_TOKENS - 2
     grid = [(b, min(c, room)) for c in contexts for b in batch_sizes if b * c <= max_decode_tokens]
     grid = grid or [(min(batch_sizes), min(min(contexts), room))]
     longs = [min(L, room) for L in long_prompts(max(c for _, c in grid), max_context)]
-    needed = max([max(c for _, c in grid) + 64, *(L + DECODE_TOKENS for L in longs)])
-    return grid, longs, min(max_context, -(-needed // 16) * 16)
+    needed = max([max(c for _, c in grid) + GRID_ROOM, *(L + DECODE_TOKENS for L in longs)])
+    return grid, longs, aligned_model_len(needed, max_context)
 
 
 def _run(engine, recorder, job: list[tuple[int, int]], vocab: int, rng: random.Random) -> list:

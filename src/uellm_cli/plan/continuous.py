@@ -39,6 +39,12 @@ CPU_MAX_BATCHED_TOKENS = 4096  # vLLM's offline (LLM class) defaults: CPU, other
 GPU_MAX_BATCHED_TOKENS = 8192
 
 
+def aligned_model_len(tokens: int, max_context: int) -> int:
+    """The max_model_len an engine for requests of up to `tokens` (prompt and output) is
+    started with: whole blocks of LEN_ALIGN, never past the model's context."""
+    return min(max_context, -(-tokens // LEN_ALIGN) * LEN_ALIGN)
+
+
 def stream_limits(replica_rows: Sequence[tuple[int, int]], *, kv_bytes_per_token: int,
                   max_context: int, kv_budget_bytes: int, max_num_seqs: int | None,
                   on_gpu: bool) -> StreamLimits:
@@ -48,7 +54,7 @@ def stream_limits(replica_rows: Sequence[tuple[int, int]], *, kv_bytes_per_token
     below one whole request (vLLM refuses to start below it)."""
     lengths = sorted((p + m for p, m in replica_rows), reverse=True)
     longest = lengths[0] if lengths else max_context
-    max_len = min(max_context, -(-longest // LEN_ALIGN) * LEN_ALIGN)
+    max_len = aligned_model_len(longest, max_context)
     seqs = max_num_seqs or 256
     per_token = max(1, int(kv_bytes_per_token))
     want = sum(lengths[:seqs]) * per_token * KV_MARGIN
