@@ -25,8 +25,11 @@ COLUMNS = (
     ("forecast_error", "fc err", "{:+.1%}", None),
     ("replay_error", "replay err", "{:+.1%}", None),
     ("replay_row_error", "replay row err", "{:.1%}", None),
+    ("own_replay_error", "own-step replay err", "{:+.1%}", None),
+    ("own_replay_row_error", "own-step row err", "{:.1%}", None),
 )
-NO_RATIO = {"bound", "forecast_error", "replay_error", "replay_row_error"}
+NO_RATIO = {"bound", "forecast_error", "replay_error", "replay_row_error", "own_replay_error",
+            "own_replay_row_error"}
 
 
 def text_digest(text: str | None) -> str | None:
@@ -74,6 +77,8 @@ def figures(run: SystemRun, deadlines: dict[int, float | None]) -> dict:
         "padding_waste": run.padding_waste, "peak_rss_mb": run.peak_rss_mb,
         "forecast_error": fc.get("makespan_error"), "replay_error": fc.get("replay_makespan_error"),
         "replay_row_error": fc.get("replay_row_error"),
+        "own_replay_error": fc.get("own_replay_makespan_error"),
+        "own_replay_row_error": fc.get("own_replay_row_error"),
     }
 
 

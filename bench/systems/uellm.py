@@ -80,9 +80,12 @@ def run(spec: SystemSpec, ctx: BenchContext) -> SystemRun:
         if weights is not None:
             result.notes.append(f"uellm model_load_s (weights only) {weights:.2f} s")
         replay = (metrics.get("forecast") or {}).get("replay") or {}
+        own = replay.get("own_steps") or {}  # replayed on a step model fitted to this run's steps
         result.forecast = {"makespan_error": metrics.get("makespan_forecast_error"),
                            "replay_makespan_error": replay.get("makespan_error"),
-                           "replay_row_error": replay.get("row_finish_error_median")}
+                           "replay_row_error": replay.get("row_finish_error_median"),
+                           "own_replay_makespan_error": own.get("makespan_error"),
+                           "own_replay_row_error": own.get("row_finish_error_median")}
         if metrics.get("batches") is not None:
             result.notes.append(f"{metrics['batches']} batches")
     return result

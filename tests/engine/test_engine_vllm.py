@@ -363,6 +363,35 @@ def test_stream_executor_requeues_rows_not_started_in_the_revised_plans_order(mo
     assert calls[0] == [1, 2, 3] and calls[-1] == [1]  # asked after every group but the last
 
 
+def test_stream_executor_does_not_replan_once_every_row_left_is_running(monkeypatch):
+    """Planning runs between engine steps: with every pending row already started there is no
+    order left to change, so it would only stall the engine."""
+    monkeypatch.setattr(stream_executor, "FLUSH_ROWS", 1)
+
+    class AllStarted(ScriptedStream):
+        def __init__(self, running_after: int):
+            super().__init__()
+            self.running_after, self.done = running_after, 0
+
+        def progress(self):  # after `running_after` rows ended, vLLM runs all the others
+            return {i: 1 for i in self.priority} if self.done >= self.running_after else {}
+
+    calls = []
+
+    def replan(pending, record, progress=None):
+        calls.append(sorted(pending))
+
+    engine = AllStarted(running_after=2)
+    ticks = iter(range(100_000))
+    ex = Executor({0: engine}, clock=lambda: float(next(ticks)))
+
+    def on_batch(results, record):
+        engine.done += len(results)
+
+    ex.run_stream(_plan([[0, 1, 2, 3, 4]]), _prepared(5), on_batch, replan=replan)
+    assert calls == [[1, 2, 3, 4]]  # asked after the first row only
+
+
 def test_stream_executor_fail_fast_stops_the_stream():
     engine = ScriptedStream(fail=frozenset({1}))  # row 0 fails, and it runs first
     with pytest.raises(UellmError, match="fail-fast"):
@@ -493,6 +522,9 @@ def test_vllm_greedy_rows_equal_the_hf_engine(tmp_path, vllm_model, hf_reference
     assert report["metrics"]["padding_waste"] is None  # continuous batching: nothing padded
     assert report["options"]["engine"] == "vllm"
     assert any("priority = their rank" in n for n in report["plan"]["notes"])
+    replay = report["metrics"]["forecast"]["replay"]  # the simulation with the true lengths
+    assert replay["rows"] == len(rows) and replay["makespan_error"] is not None
+    assert "replayed with the true output lengths" in (out / "report.html").read_text()
 
 
 def test_vllm_scheduler_follows_the_given_priorities(vllm_model):

@@ -219,5 +219,7 @@ def test_a_long_prompt_runs_alone_instead_of_holding_short_rows_hostage(deadline
     assert sorted(i for b in batches if b is not long_batch for i in b.rows) == [1, 2, 3, 4]
     assert len(batches) == 2  # the short rows still share one batch
     assert max(b.finish_s for b in batches) < cost.batch_time_s(rep, 5, 5864, 8) / 2
+    short = next(b for b in batches if b is not long_batch)
+    assert short.finish_s <= long_batch.start_s  # the short rows do not wait for its prefill
     if deadline is not None:
         assert all(b.finish_s <= deadline for b in batches)

@@ -64,10 +64,12 @@ def test_vllm_on_a_cpu_is_judged_as_one_instance_and_as_its_threads_split(monkey
         ("hf", 1, 2), ("vllm", 1, 2), ("vllm", 2, 1)]
 
 
-def _planned(engine: str, *, finish: float, met: int, with_deadline: int = 10) -> Planned:
+def _planned(engine: str, *, finish: float, met: int, with_deadline: int = 10,
+             source: str = "roofline") -> Planned:
     plan = Plan("slo-odbs", Deployment("single", []), [], {}, engine=engine,
                 summary={"finish_s": finish, "rows_with_deadline": with_deadline,
-                         "rows_missed": with_deadline - met})
+                         "rows_missed": with_deadline - met},
+                cost_model={"devices": [{"device": "cpu", "source": source}]})
     return Planned(plan, {}, llama_like(), Target(parse_cluster_spec("cpu"), engine, {}))
 
 
@@ -87,6 +89,21 @@ def test_a_few_more_deadlines_forecast_met_do_not_buy_a_far_later_finish():
     vllm = _planned("vllm", finish=72, met=0, with_deadline=200)
     assert choose([hf, vllm]).engine == "vllm"
     assert choose([_planned("hf", finish=579, met=6, with_deadline=200), vllm]).engine == "hf"
+
+
+def test_a_roofline_forecast_does_not_outrank_a_measured_one_on_a_few_deadlines():
+    """The impossible job on this CPU: hf had no calibration and its roofline claimed 18 of 200
+    deadlines (it met 3); vLLM's measured forecast said none, 4x sooner. Against a measured
+    forecast, a roofline lead counts only past a quarter of the rows."""
+    hf = _planned("hf", finish=230, met=18, with_deadline=200)
+    vllm = _planned("vllm", finish=130, met=0, with_deadline=200, source="calibration")
+    assert choose([hf, vllm]).engine == "vllm"
+    assert choose([_planned("hf", finish=230, met=18, with_deadline=200, source="calibration"),
+                   vllm]).engine == "hf"  # both measured: 18 is past the 2% tie
+    assert choose([_planned("hf", finish=230, met=60, with_deadline=200), vllm]).engine == "hf"
+    # the other way round: a measured hf lead over a roofline vLLM needs only the 2%
+    assert choose([_planned("hf", finish=230, met=18, with_deadline=200, source="calibration"),
+                   _planned("vllm", finish=130, met=0, with_deadline=200)]).engine == "hf"
 
 
 def _plan_json(capsys, job: Path, *args: str) -> dict:

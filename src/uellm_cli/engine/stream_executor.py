@@ -132,7 +132,10 @@ class _Reorder:
         if not self.pending:
             return
         progress = getattr(self.engine, "progress", None)  # rows started, tokens out so far
-        plan = self.replan(set(self.pending), record, **({"progress": progress()} if progress else {}))
+        started = progress() if progress else None
+        if started is not None and self.pending <= started.keys():
+            return  # every row left is running: no order to change, and planning would stall the engine
+        plan = self.replan(set(self.pending), record, **({"progress": started} if progress else {}))
         if plan is not None:
             self.flusher.plan = plan  # later groups are compared with the revised forecast
             order = plan_order(plan, self.pending)

@@ -49,7 +49,10 @@ class ScheduleContext:
 
 
 def edf_key(q: Query) -> tuple:
-    return (q.deadline_s if q.deadline_s is not None else INF, q.priority, q.predicted_tokens, q.index)
+    """Deadline order; ties go to the row of least work (output, then prompt), so a long prompt
+    does not make its equals wait."""
+    return (q.deadline_s if q.deadline_s is not None else INF, q.priority, q.predicted_tokens,
+            q.prompt_tokens, q.index)
 
 
 class _Queue:

@@ -98,6 +98,10 @@ def _forecast(m: RunMetrics) -> str:
     if replay:
         rows.append(("makespan, replayed with the true output lengths", fmt_s(replay.get("makespan_s")),
                      fmt_s(m.makespan_s), fmt_signed_pct(replay.get("makespan_error"))))
+        own = replay.get("own_steps") or {}
+        if own:
+            rows.append(("the same, on a step model fitted to this run's steps", fmt_s(own.get("makespan_s")),
+                         fmt_s(m.makespan_s), fmt_signed_pct(own.get("makespan_error"))))
     mae = ""
     if m.batch_finish_forecast_mae_s is not None:
         mae = f'<p class="sub">Mean absolute error of batch finish times: {_e(fmt_s(m.batch_finish_forecast_mae_s))}.</p>'

@@ -8,10 +8,11 @@ before running and rows skipped as hopeless (`--on-miss skip`).
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Sequence
 
 from uellm_cli.config import RunConfig
 from uellm_cli.errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_PARTIAL
-from uellm_cli.jobs.results import RowResult
+from uellm_cli.jobs.results import RowResult, StepRecord
 from uellm_cli.report.metrics import RunMetrics
 from uellm_cli.run.execute import Executed
 from uellm_cli.run.observer import RunOutcome
@@ -109,7 +110,7 @@ def _report(cfg: RunConfig, planned: Planned | None, folder: RunFolder, executed
         plan = planned.plan
         forecast = forecast_summary(plan, {i: q.predicted_tokens for i, q in planned.queries.items()})
         if plan.stream:
-            forecast["replay"] = replay_error(planned, results)
+            forecast["replay"] = replay_error(planned, results, executed.steps)
         plan_dict = plan_to_dict(plan)
         engine, note = planned.engine, planned.engine_note
     else:
@@ -123,25 +124,38 @@ def _report(cfg: RunConfig, planned: Planned | None, folder: RunFolder, executed
     return metrics, html
 
 
-def replay_error(planned: Planned, results: list[RowResult]) -> dict | None:
+def replay_error(planned: Planned, results: list[RowResult], steps: Sequence[StepRecord] = ()
+                 ) -> dict | None:
     """The continuous-batching forecast replayed with the rows' true output lengths, in the
     order they really started, from the first row's real start: its makespan and per-row
     finish errors against what ran (the step-time model's and the scheduler rules' share of
-    the forecast error)."""
+    the forecast error). With the run's engine `steps`, `own_steps` replays it again on a
+    step-time model fitted to those steps alone: what is left is the scheduler rules' and the
+    model's form, without the machine's drift since its calibration (on a shared 2-core machine
+    the same job ran 4x slower in the afternoon than in the morning)."""
     from dataclasses import replace
 
     from uellm_cli.plan.costmodel import CostModel
-    from uellm_cli.plan.stream_forecast import plan_order, replay
 
     ran = {r.index: r for r in results if r.status == "ok" and r.started_s is not None
            and r.finished_s is not None and r.index in planned.queries}
     if not ran:
         return None
-    t0 = min(r.started_s for r in ran.values())
     queries = {i: replace(planned.queries[i], predicted_tokens=max(1, r.output_tokens or 1))
                for i, r in ran.items()}
     target = planned.target
-    cost = CostModel(planned.model, target.cluster, target.calibrations, target.roofline)
+    out = _replayed(planned, ran, queries, CostModel(planned.model, target.cluster,
+                                                      target.calibrations, target.roofline))
+    own = _own_step_model(planned, steps)
+    if out is not None and own is not None:
+        out["own_steps"] = _replayed(planned, ran, queries, own)
+    return out
+
+
+def _replayed(planned: Planned, ran: dict[int, RowResult], queries: dict, cost) -> dict | None:
+    from uellm_cli.plan.stream_forecast import plan_order, replay
+
+    t0 = min(r.started_s for r in ran.values())
     plan = planned.plan
     rank = {i: k for k, i in enumerate(plan_order(plan.batches))}
     order = sorted(ran, key=lambda i: (ran[i].started_s, rank.get(i, len(rank))))
@@ -156,6 +170,25 @@ def replay_error(planned: Planned, results: list[RowResult]) -> dict | None:
             "makespan_error": (max(finish.values()) - actual_end) / max(actual_end - t0, 1e-9),
             "row_finish_error_median": errors[len(errors) // 2] if errors else None,
             "rows": len(errors)}
+
+
+def _own_step_model(planned: Planned, steps: Sequence[StepRecord]):
+    """A CostModel whose one device is timed by a step-time model fitted to `steps` alone, or
+    None (several devices, or steps that cannot tell the model's terms apart)."""
+    from uellm_cli.plan.costmodel import CostModel
+    from uellm_cli.profile.run_calibration import fit_steps
+
+    replicas = planned.plan.deployment.replicas
+    if not steps or len(replicas) != 1 or len(replicas[0].stages) != 1:
+        return None
+    device = planned.target.cluster.device(replicas[0].stages[0].device)
+    cal = fit_steps(steps, engine=planned.engine, device_name=device.name,
+                    model=planned.model.name, source="this run")
+    if cal is None:
+        return None
+    target = planned.target
+    return CostModel(planned.model, target.cluster, {**target.calibrations, device.name: cal},
+                     target.roofline)
 
 
 def _learn_costs(cfg: RunConfig, planned: Planned, executed: Executed) -> None:
