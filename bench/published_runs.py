@@ -108,7 +108,7 @@ def forecast(run: PublishedRun, roofline: Roofline | None = None, *,
                              max_num_seqs=seqs, on_gpu=True)
 
     # as the plan chooses: no deadlines, so the max_num_seqs whose simulation ends first
-    limits, order, _ = _search(rows, [], SEQS_CANDIDATES, limits_for, step, 0.0, {})
+    limits, order, _, _ = _search(rows, [], SEQS_CANDIDATES, limits_for, step, 0.0, {})
     sim = _simulate(order, limits, step, 0.0)
     tok_s = n * run.osl / sim.end_s
     return {"tok_s": tok_s, "error": tok_s / run.published_tok_s - 1.0,

@@ -65,6 +65,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--raw-prompt", action="store_true", help="no chat template")
     ap.add_argument("--uellm-arg", action="append", default=[],
                     help="extra argument for every `uellm run` (repeat)")
+    ap.add_argument("--vllm-kv-gib", type=float, default=1.0,
+                    help="KV cache of the plain vllm systems (uellm sizes its own from the plan)")
     ap.add_argument("--roofline-batch", type=int, default=16)
     ap.add_argument("--no-roofline", action="store_true")
     ap.add_argument("--results-dir", type=Path, default=BENCH / "results")
@@ -199,7 +201,8 @@ def _run(args, specs, work: Path) -> int:
     roof = measure_roofline(model, rows, args)
     ctx = BenchContext(rows=rows, job_path=job_path, model_path=model, eos_ids=eos,
                        threads=args.threads, work_dir=work, timeout_s=args.timeout,
-                       raw_prompt=args.raw_prompt, uellm_args=tuple(args.uellm_arg))
+                       raw_prompt=args.raw_prompt, uellm_args=tuple(args.uellm_arg),
+                       vllm_kv_gib=args.vllm_kv_gib)
     runs: list[SystemRun] = []
     for spec in specs:
         load = os.getloadavg()[0]

@@ -21,6 +21,7 @@ class BenchContext:
     uellm_bin: Path | None = None
     uellm_args: tuple[str, ...] = ()
     vllm_python: Path | None = None
+    vllm_kv_gib: float = 1.0  # the plain vLLM systems' KV cache (uellm sizes its own)
 
 
 @dataclass(slots=True)

@@ -15,7 +15,6 @@ from systems.spec import SystemSpec
 
 BENCH = Path(__file__).resolve().parent.parent
 WORKER = BENCH / "vllm_worker.py"
-KV_CACHE_GIB = 1.0
 
 
 def vllm_python(explicit: Path | None = None) -> tuple[Path | None, str | None]:
@@ -56,7 +55,7 @@ def run(spec: SystemSpec, ctx: BenchContext) -> SystemRun:
     task = {
         "model": str(ctx.model_path), "threads": ctx.threads, "priority": spec.priority,
         "eos_ids": ctx.eos_ids, "max_model_len": -(-longest // 64) * 64,
-        "kv_cache_gib": KV_CACHE_GIB, "gpu_memory_utilization": 0.3,
+        "kv_cache_gib": ctx.vllm_kv_gib, "gpu_memory_utilization": 0.3,
         "rows": [{"index": r["index"], "id": r["id"], "prompt_ids": r["prompt_ids"],
                   "max_new_tokens": r["max_new_tokens"], "priority": prio[r["index"]]}
                  for r in ctx.rows],

@@ -71,7 +71,7 @@ def test_deadlines_are_not_bought_with_more_than_the_throughput_floor():
     """200 rows of 100 tokens: all at once end at ~170 s; 64 at once meet the early deadlines
     but end ~13% later. The plan keeps the throughput and says which rows miss."""
     rows = [query(i, prompt=8, pred=100, deadline=40.0 + i) for i in range(200)]
-    lim, kept, late = sf._search(rows, [], (256, 64), _limits_for, _cpu_like_step, 0.0, {})
+    lim, kept, late, _ = sf._search(rows, [], (256, 64), _limits_for, _cpu_like_step, 0.0, {})
     assert lim.max_num_seqs == 256 and lim.early_cap is None
     sim = sf._simulate(kept + late, lim, _cpu_like_step, 0.0)
     fastest = sf._simulate(sorted(rows, key=sf.edf_key), _limits_for(256), _cpu_like_step, 0.0)
@@ -92,7 +92,7 @@ def test_a_slower_concurrency_within_the_floor_is_taken_for_its_deadlines():
             for i in range(200)]
     all_at_once = sf._simulate(rows, _limits_for(256), per_row, 0.0)
     assert sf._met(rows, all_at_once) == 72  # the urgent rows crawl with the long ones
-    lim, kept, late = sf._search(rows, [], (256, 128), _limits_for, per_row, 0.0, {})
+    lim, kept, late, _ = sf._search(rows, [], (256, 128), _limits_for, per_row, 0.0, {})
     sim = sf._simulate(kept + late, lim, per_row, 0.0)
     assert sf._met(rows, sim) == 200 and lim.max_num_seqs == 128
     assert sim.end_s <= all_at_once.end_s / sf.THROUGHPUT_FLOOR

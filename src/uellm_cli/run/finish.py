@@ -181,7 +181,10 @@ def _own_step_model(planned: Planned, steps: Sequence[StepRecord]):
     replicas = planned.plan.deployment.replicas
     if not steps or len(replicas) != 1 or len(replicas[0].stages) != 1:
         return None
-    device = planned.target.cluster.device(replicas[0].stages[0].device)
+    try:
+        device = planned.target.cluster.device(replicas[0].stages[0].device)
+    except KeyError:
+        return None
     cal = fit_steps(steps, engine=planned.engine, device_name=device.name,
                     model=planned.model.name, source="this run")
     if cal is None:
