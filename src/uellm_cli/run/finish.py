@@ -153,6 +153,7 @@ def replay_error(planned: Planned, results: list[RowResult], steps: Sequence[Ste
 
 
 def _replayed(planned: Planned, ran: dict[int, RowResult], queries: dict, cost) -> dict | None:
+    """One replay of the rows that ran, timed by `cost`, and its errors against what ran."""
     from uellm_cli.plan.stream_forecast import plan_order, replay
 
     t0 = min(r.started_s for r in ran.values())
