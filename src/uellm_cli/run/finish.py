@@ -179,12 +179,8 @@ def _own_step_model(planned: Planned, steps: Sequence[StepRecord]):
     from uellm_cli.plan.costmodel import CostModel
     from uellm_cli.profile.run_calibration import fit_steps
 
-    replicas = planned.plan.deployment.replicas
-    if not steps or len(replicas) != 1 or len(replicas[0].stages) != 1:
-        return None
-    try:
-        device = planned.target.cluster.device(replicas[0].stages[0].device)
-    except KeyError:
+    device = _single_device(planned) if steps else None
+    if device is None:
         return None
     cal = fit_steps(steps, engine=planned.engine, device_name=device.name,
                     model=planned.model.name, source="this run")
@@ -195,6 +191,18 @@ def _own_step_model(planned: Planned, steps: Sequence[StepRecord]):
                      target.roofline)
 
 
+def _single_device(planned: Planned):
+    """The Device of a plan of one replica on one device, else None: only there do a run's
+    measurements time the device alone."""
+    replicas = planned.plan.deployment.replicas
+    if len(replicas) != 1 or len(replicas[0].stages) != 1:
+        return None
+    try:
+        return planned.target.cluster.device(replicas[0].stages[0].device)
+    except KeyError:
+        return None
+
+
 def _learn_costs(cfg: RunConfig, planned: Planned, executed: Executed) -> None:
     """Refit the cost model from what this run executed on a one-device replica (hf: its
     static batches; vllm: its engine steps), so the next forecast for this model and device
@@ -202,12 +210,8 @@ def _learn_costs(cfg: RunConfig, planned: Planned, executed: Executed) -> None:
     from uellm_cli.plan.stream_forecast import cpu_kv_alloc_s
     from uellm_cli.profile.run_calibration import record_batches, record_startup, record_steps
 
-    replicas = planned.plan.deployment.replicas
-    if cfg.backend != "local" or len(replicas) != 1 or len(replicas[0].stages) != 1:
-        return
-    try:
-        device = planned.target.cluster.device(replicas[0].stages[0].device)
-    except KeyError:
+    device = _single_device(planned) if cfg.backend == "local" else None
+    if device is None:
         return
     threads = planned.target.threads if device.kind == "cpu" else None
     where = dict(engine=planned.engine, device_name=device.name, model=planned.model.name,
