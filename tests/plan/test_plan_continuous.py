@@ -89,6 +89,8 @@ def test_limits_hold_the_largest_rows_at_full_length_and_never_less_than_one():
     (300, 64, 256, 300, 16, None),  # blocks and budget tight: preemptions, rows going without
     (200, 16, 4096, 120, 128, 4),  # CPU-sized blocks, an early cap
     (120, 8, 64, 10_000, 16, None),  # prompts longer than the budget: chunked prefills
+    (300, 128, 4096, 400, 16, None),  # decoding rows run out of blocks: preemptions in the set
+    (200, 256, 4096, 60, 128, None),
 ])
 def test_the_lazy_decoding_set_gives_the_row_by_row_schedule(rows, seqs, budget, blocks, block, early):
     """Decoding rows are advanced as a set; the result must be what single steps give, row
@@ -128,3 +130,21 @@ def test_rows_already_running_keep_their_kv_and_tokens():
     r = simulate(reqs, _limits(), steps)
     assert steps.held[0] == (4, 1, 2)  # row 0 decodes (no prefill again), row 1 prefills
     assert r.finish_s == {0: 2.0, 1: 2.0}
+
+
+def test_decoding_rows_short_of_blocks_preempt_without_the_row_by_row_step(monkeypatch):
+    """KV-bound decoding (a big job on a small cache) preempts every few steps; those steps
+    stay in the lazy set (the parametrized test above checks they give the same schedule)."""
+    import random
+
+    from uellm_cli.plan import continuous
+
+    slow_steps = []
+    real = continuous._Sim._slow_step
+    monkeypatch.setattr(continuous._Sim, "_slow_step",
+                        lambda sim: (slow_steps.append(sim.steps), real(sim))[1])
+    rng = random.Random(7)
+    reqs = [SimRequest(i, rng.randint(20, 300), rng.randint(50, 400), i) for i in range(400)]
+    r = simulate(reqs, _limits(seqs=128, budget=4096, blocks=400, block=16), lambda *a: 0.01)
+    assert r.preemptions > 100
+    assert len(slow_steps) < r.preemptions / 10

@@ -26,6 +26,7 @@ from __future__ import annotations
 import heapq
 from collections.abc import Sequence
 from dataclasses import dataclass
+from operator import attrgetter
 
 from uellm_cli.plan.steptime import StepTimer
 from uellm_cli.plan.types import StreamLimits
@@ -99,13 +100,20 @@ class SimResult:
 
 
 class _Live:
-    __slots__ = ("req", "computed", "generated", "blocks", "arrival", "entry", "lazy")
+    __slots__ = ("req", "computed", "generated", "blocks", "arrival", "entry", "lazy", "epoch",
+                 "victim_key")
 
     def __init__(self, req: SimRequest, arrival: int):
         self.req, self.arrival = req, arrival
+        self.victim_key = (req.priority, arrival)  # the largest running one is preempted first
         self.computed = self.generated = self.blocks = 0
         self.entry = (0, 0, 0)  # (step, computed, generated) when it joined the decoding set
         self.lazy = False  # in the decoding set: its counters follow from the step count
+        self.epoch = 0  # times it joined the decoding set: older heap entries of it are stale
+
+    def current(self, epoch: int) -> bool:
+        """Is a heap entry pushed at `epoch` about this stay in the decoding set?"""
+        return self.lazy and self.epoch == epoch
 
 
 def simulate(requests: Sequence[SimRequest], limits: StreamLimits, step: StepTimer, *,
@@ -143,9 +151,11 @@ class _Sim:
     """The simulation's state. Rows that are decoding (one token per step, nothing else) sit
     in a lazy set: their counters follow from the step count, the sum of their contexts is
     kept as one number, and heaps say when each needs its next KV block and when it ends, so
-    a step costs O(1) plus the rows that join, leave, prefill or cross a block. A step the lazy
-    set cannot take whole (the token budget or the free blocks run short: a row may be
-    preempted or go without) runs through `_step`, row by row, in admission order."""
+    a step costs O(1) plus the rows that join, leave, prefill or cross a block. When the free
+    blocks run short in a step of decoding rows alone, `_preempting_step` preempts as vLLM
+    would without leaving the lazy set. Any other step the lazy set cannot take whole (the
+    token budget runs short, or a row would preempt itself) runs through `_step`, row by row,
+    in admission order."""
 
     def __init__(self, limits: StreamLimits, step: StepTimer, cap, start_s: float):
         self.limits, self.step, self.cap = limits, step, cap
@@ -159,8 +169,8 @@ class _Sim:
         self.steps = 0  # steps run so far: the clock of the lazy set
         self.lazy_rows = 0
         self.lazy_context = 0  # sum over lazy rows of (computed at entry - entry step)
-        self.ends: list = []  # (steps after which it has its last token, arrival, live)
-        self.crossings: list = []  # (step that needs its next block, arrival, live)
+        self.ends: list = []  # (steps after which it has its last token, arrival, epoch, live)
+        self.crossings: list = []  # (step that needs its next block, arrival, epoch, live)
 
     def run(self, fast: bool) -> None:
         self.explicit = dict(self.running)
@@ -191,7 +201,7 @@ class _Sim:
         crossing, need = [], 0
         while self.crossings and self.crossings[0][0] < s + k:
             entry = heapq.heappop(self.crossings)
-            if entry[2].lazy:
+            if entry[3].current(entry[2]):
                 crossing.append(entry)
                 need += 1 + (s + k - 1 - entry[0]) // block
         if need > self.free:  # blocks run out on the way: step by step
@@ -199,8 +209,9 @@ class _Sim:
                 heapq.heappush(self.crossings, entry)
             return False
         self.free -= need
-        for at, arrival, live in crossing:
-            heapq.heappush(self.crossings, (at + (1 + (s + k - 1 - at) // block) * block, arrival, live))
+        for at, arrival, epoch, live in crossing:
+            heapq.heappush(self.crossings,
+                           (at + (1 + (s + k - 1 - at) // block) * block, arrival, epoch, live))
         rows, step, now = self.lazy_rows, self.step, self.now
         context = self.lazy_context + rows * s
         for j in range(k):
@@ -213,8 +224,8 @@ class _Sim:
     def _end_lazy_rows(self) -> None:
         """Lazy rows with their last token leave."""
         while self.ends and self.ends[0][0] <= self.steps:
-            _, _, live = heapq.heappop(self.ends)
-            if live.lazy:
+            _, _, epoch, live = heapq.heappop(self.ends)
+            if live.current(epoch):
                 s0, c0, _ = live.entry
                 live.computed, live.lazy = c0 + self.steps - s0, False
                 live.blocks = _blocks_for(live.computed, self.block)
@@ -232,10 +243,13 @@ class _Sim:
             del self.explicit[live]
             s = self.steps
             live.lazy, live.entry = True, (s, live.computed, live.generated)
+            live.epoch += 1
             self.lazy_rows += 1
             self.lazy_context += live.computed - s
-            heapq.heappush(self.ends, (s + live.req.output_tokens - live.generated, live.arrival, live))
-            heapq.heappush(self.crossings, (s + (-live.computed) % self.block, live.arrival, live))
+            heapq.heappush(self.ends, (s + live.req.output_tokens - live.generated, live.arrival,
+                                       live.epoch, live))
+            heapq.heappush(self.crossings, (s + (-live.computed) % self.block, live.arrival,
+                                            live.epoch, live))
 
     def _materialize(self) -> None:
         """Every lazy row back to explicit counters (before a row-by-row step)."""
@@ -261,14 +275,14 @@ class _Sim:
         crossing = []
         while self.crossings and self.crossings[0][0] == s:
             entry = heapq.heappop(self.crossings)
-            if entry[2].lazy:
+            if entry[3].current(entry[2]):
                 crossing.append(entry)
         need = len(crossing) + sum(_blocks_for(live.req.prompt_tokens + live.generated, block) - live.blocks
                                    for live in explicit)
-        if need > self.free:
-            return False  # the row-by-row step materializes the lazy set, heaps and all
-        for _, arrival, live in crossing:  # each took one block; the next in `block` steps
-            heapq.heappush(self.crossings, (s + block, arrival, live))
+        if need > self.free:  # else the row-by-row step materializes the lazy set, heaps and all
+            return not explicit and self._preempting_step(crossing)
+        for _, arrival, epoch, live in crossing:  # each took one block; the next in `block` steps
+            heapq.heappush(self.crossings, (s + block, arrival, epoch, live))
         self.free -= need
         scheduled = []
         for live in explicit:
@@ -314,6 +328,52 @@ class _Sim:
         self._end_lazy_rows()
         return True
 
+    def _preempting_step(self, crossing: list) -> bool:
+        """A step of decoding rows alone in which `crossing` (heap entries of the rows that
+        need their next block now) want more blocks than are free: vLLM's rule, taken whole.
+        In admission order each crossing row takes a block; when none is free the running row
+        of lowest priority is preempted (recomputed later) until one is. False (nothing
+        changed but `crossing` popped) when a row would preempt itself: the rows after it do
+        not run this step, which the lazy set cannot express."""
+        order = {live: n for n, live in enumerate(self.running)}
+        crossing.sort(key=lambda e: order[e[3]])
+        deficit = len(crossing) - self.free
+        victims = iter(sorted(self.running, key=_VICTIM_KEY, reverse=True)[:deficit])
+        s, block, free = self.steps, self.block, self.free
+        granted: dict[_Live, None] = {}
+        gone: dict[_Live, None] = {}
+        for entry in crossing:
+            live = entry[3]
+            if live in gone:
+                continue
+            while free < 1:
+                victim = next(victims, None)  # deficit victims free at least as many blocks
+                if victim is None or victim is live:
+                    return False
+                gone[victim] = None
+                s0, c0, _ = victim.entry
+                free += _blocks_for(c0 + s - s0, block) + (victim in granted)
+            free -= 1
+            granted[live] = None
+        for victim in gone:
+            s0, c0, g0 = victim.entry
+            victim.generated, victim.computed, victim.blocks, victim.lazy = g0 + s - s0, 0, 0, False
+            self.lazy_rows -= 1
+            self.lazy_context -= c0 - s0
+            del self.running[victim]
+            heapq.heappush(self.waiting, (victim.req.priority, victim.arrival, victim))
+            self.result.preemptions += 1
+        for _, arrival, epoch, live in crossing:
+            if live not in gone:
+                heapq.heappush(self.crossings, (s + block, arrival, epoch, live))
+        self.free = free
+        rows = self.lazy_rows
+        self.now += self.step(0, 0.0, rows, float(self.lazy_context + rows * s), rows)
+        self.steps += 1
+        self.result.steps += 1
+        self._end_lazy_rows()
+        return True
+
     def _leave(self, live: _Live) -> None:
         self.result.finish_s[live.req.index] = self.now
         self.free += live.blocks
@@ -333,6 +393,9 @@ class _Sim:
         self.steps += 1
 
 
+_VICTIM_KEY = attrgetter("victim_key")
+
+
 def _blocks_for(tokens: int, block: int) -> int:
     return -(-tokens // block)
 
@@ -348,7 +411,7 @@ def _step(running, waiting, cap, free, block, limits, step, now, result):
         new = min(live.req.prompt_tokens + live.generated - live.computed, budget)
         need = _blocks_for(live.computed + new, block) - live.blocks
         while need > free:
-            victim = max(running, key=lambda r: (r.req.priority, r.arrival))
+            victim = max(running, key=_VICTIM_KEY)
             idx = running.index(victim)
             del running[idx]
             free += victim.blocks
