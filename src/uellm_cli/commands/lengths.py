@@ -31,13 +31,12 @@ def _eval_table(result: dict, title: str):
 
     table = Table(title=title, box=None, header_style="bold")
     for col in ("predictor", "rows", "MAE (tokens)", "bucket acc.", "Kendall τ-b",
-                "actual ≤ upper", "mean pred. (tokens)", "mean upper (tokens)", "total err."):
+                "actual ≤ upper", "mean pred. (tokens)", "mean upper (tokens)"):
         table.add_column(col, justify="left" if col == "predictor" else "right")
     for name, m in result.items():
         table.add_row(name, str(m["n"]), _fmt(m["mae"]), _fmt(m["bucket_accuracy"], pct=True),
                       _fmt(m["kendall_tau"]), _fmt(m["upper_coverage"], pct=True),
-                      _fmt(m["mean_tokens"]), _fmt(m["mean_upper"]),
-                      "n/a" if m["total_error"] is None else f"{100 * m['total_error']:+.1f}%")
+                      _fmt(m["mean_tokens"]), _fmt(m["mean_upper"]))
     return table
 
 

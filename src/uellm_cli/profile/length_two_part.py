@@ -9,14 +9,11 @@ tokens". The two-part model keeps them apart:
 The output at budget B is min(X, B) with X = "never stops" with probability p, else
 log-normal(m, sd); its quantiles are min(Q_X(q), B), so a model trained at one budget answers
 at any smaller one exactly and at a larger one under the assumption that a loop runs on.
-The point estimate is the mean E[min(X, B)] = p B + (1 - p) E[min(LN, B)], not a quantile: the
-planner adds predicted lengths into times, and only the mean adds up. A median of a row that
-loops one time in six is its short answer; on a job where 16% of rows loop to 512 tokens and
-the rest answer in about 35, medians sum to a third of the tokens, means to within 3%
-(docs/lengths.md). The upper bound stays a quantile (memory must hold the long case).
 Features: the `prompt` estimate (log tokens, penalised 100x less: the model starts from the
 generic answer length and learns how the served model differs) and optionally hashed
-words/bigrams.
+words/bigrams. Where the point estimate reaches the budget it is lowered by
+tie_break x (1 - p) x B (a few tokens) so that rows the model expects to be cut are still
+ordered by how likely that is, instead of tying at B.
 """
 
 from __future__ import annotations
@@ -88,35 +85,15 @@ def _inv_norm(q: np.ndarray) -> np.ndarray:
     return np.array([nd.inv_cdf(float(v)) for v in np.ravel(q)]).reshape(np.shape(q))
 
 
-def _norm_cdf(x: np.ndarray) -> np.ndarray:
-    """Standard normal CDF, elementwise."""
-    return 0.5 * (1.0 + _erf(np.asarray(x, dtype=np.float64) / math.sqrt(2.0)))
-
-
-_erf = np.vectorize(math.erf, otypes=[np.float64])
-
-
-def mixture_tokens(p: np.ndarray, m: np.ndarray, sd: float, q: float, caps: np.ndarray
-                   ) -> np.ndarray:
+def mixture_tokens(p: np.ndarray, m: np.ndarray, sd: float, q: float, caps: np.ndarray,
+                   tie_break: float = 0.0) -> np.ndarray:
     """q-quantile of min(X, cap) when X never stops with probability p, else is
-    log-normal(m, sd). Not rounded."""
+    log-normal(m, sd); where it reaches the cap, cap x (1 - tie_break x (1 - p)). Not rounded."""
     p = np.clip(np.asarray(p, dtype=np.float64), _P_CLIP, 1 - _P_CLIP)
     frac = np.clip(q / (1.0 - p), 1e-9, 1 - 1e-9)
     finite = q < 1.0 - p
     natural = np.where(finite, np.exp(np.minimum(m + sd * _inv_norm(frac), 30.0)), np.inf)
-    return np.minimum(natural, caps)
-
-
-def mixture_mean(p: np.ndarray, m: np.ndarray, sd: float, caps: np.ndarray) -> np.ndarray:
-    """E[min(X, cap)] when X never stops with probability p, else is log-normal(m, sd):
-    p cap + (1 - p) (e^(m + sd^2/2) Phi(z - sd) + cap (1 - Phi(z))), z = (ln cap - m) / sd.
-    Not rounded."""
-    p = np.clip(np.asarray(p, dtype=np.float64), _P_CLIP, 1 - _P_CLIP)
-    m = np.minimum(np.asarray(m, dtype=np.float64), 30.0)
-    caps = np.asarray(caps, dtype=np.float64)
-    z = (np.log(caps) - m) / sd
-    stopped = np.exp(m + sd * sd / 2.0) * _norm_cdf(z - sd) + caps * (1.0 - _norm_cdf(z))
-    return p * caps + (1.0 - p) * np.minimum(stopped, caps)
+    return np.where(natural >= caps, caps * (1.0 - tie_break * (1.0 - p)), natural)
 
 
 @dataclass(slots=True)
@@ -127,7 +104,9 @@ class TwoPartLengthModel:
     coef_hit: np.ndarray
     coef_len: np.ndarray
     sd_len: float
+    point_quantile: float = 0.5
     upper_quantile: float = 0.9
+    tie_break: float = 0.05
     hash_dim: int = 0
     use_prior: bool = True
 
@@ -147,13 +126,19 @@ class TwoPartLengthModel:
         p = 1.0 / (1.0 + np.exp(-np.clip(z, -30, 30)))
         return p, self.coef_len[0] + a @ self.coef_len[1:]
 
+    def log_tokens(self, queries: Sequence) -> np.ndarray:
+        """log of the point estimate without a budget (inf where the row is expected to loop)."""
+        p, m = self.parts(queries)
+        big = np.full(len(queries), np.inf)
+        return np.log(mixture_tokens(p, m, self.sd_len, self.point_quantile, big))
+
     def predict(self, queries: Sequence) -> list[tuple[int, int]]:
-        """(mean, upper quantile) per query (a LengthQuery), both within [1, max_new_tokens]."""
+        """(point, upper) per query (a LengthQuery), both within [1, max_new_tokens]."""
         if not queries:
             return []
         p, m = self.parts(queries)
         caps = np.array([max(int(q.max_new_tokens), 1) for q in queries], dtype=np.float64)
-        point = mixture_mean(p, m, self.sd_len, caps)
+        point = mixture_tokens(p, m, self.sd_len, self.point_quantile, caps, self.tie_break)
         upper = mixture_tokens(p, m, self.sd_len, self.upper_quantile, caps)
         out = []
         for pt, up, cap in zip(point, upper, caps, strict=True):
@@ -169,8 +154,9 @@ class TwoPartLengthModel:
         d = {
             "kind": "two-part", "features": self.features(),
             "coef_hit": rounded_list(self.coef_hit[:head]), "coef_len": rounded_list(self.coef_len[:head]),
-            "sd_len": round(float(self.sd_len), 6), "point": "mean",
-            "upper_quantile": self.upper_quantile, "hash_dim": int(self.hash_dim),
+            "sd_len": round(float(self.sd_len), 6), "point_quantile": self.point_quantile,
+            "upper_quantile": self.upper_quantile, "tie_break": self.tie_break,
+            "hash_dim": int(self.hash_dim),
             "hash_hit": {str(i): v for i, v in enumerate(rounded_list(self.coef_hit[head:])) if v},
             "hash_len": {str(i): v for i, v in enumerate(rounded_list(self.coef_len[head:])) if v},
         }
@@ -196,9 +182,10 @@ class TwoPartLengthModel:
         return cls(
             coef_hit=coefs(d["coef_hit"], d.get("hash_hit", {})),
             coef_len=coefs(d["coef_len"], d.get("hash_len", {})),
-            sd_len=float(d["sd_len"]), upper_quantile=float(d.get("upper_quantile", 0.9)),
-            hash_dim=dim, use_prior=use_prior,
-        )  # files from before the mean point hold point_quantile/tie_break: the parts are the same
+            sd_len=float(d["sd_len"]), point_quantile=float(d["point_quantile"]),
+            upper_quantile=float(d.get("upper_quantile", 0.9)),
+            tie_break=float(d.get("tie_break", 0.0)), hash_dim=dim, use_prior=use_prior,
+        )
 
 
 @dataclass(slots=True, frozen=True)
@@ -208,19 +195,23 @@ class TwoPartConfig:
     hashed: bool
     l2_hit: float
     l2_len: float
+    point_quantile: float
+    tie_break: float
 
 
 # The candidates cross-validated by fit_two_part. Prior-only models have two free parameters per
 # part, so their penalty hardly matters; hashed models need strong penalties at a few hundred rows.
-TWO_PART_GRID: tuple[TwoPartConfig, ...] = (TwoPartConfig(False, 1.0, 1.0),) + tuple(
-    TwoPartConfig(True, a, b) for a in (100.0, 300.0, 1000.0) for b in (300.0, 1000.0)
+TWO_PART_GRID: tuple[TwoPartConfig, ...] = tuple(
+    TwoPartConfig(h, lh, ll, q, c)
+    for h, lh, ll in [(False, 1.0, 1.0)] + [(True, a, b) for a in (100.0, 300.0, 1000.0)
+                                            for b in (300.0, 1000.0)]
+    for q in (0.4, 0.45, 0.5) for c in (0.0, 0.02, 0.05)
 )
 # CV selection: the candidate that most surely beats `prompt` on both measures, i.e. the largest
-# min(tau gain / TAU_UNIT, relative RMSE gain / ERR_UNIT). RMSE, not MAE: the point is a mean,
-# which squared error rewards (the absolute error rewards a median). The units are roughly one
-# standard error of each difference on a ~125-row test split (tau 0.03, error 5%), so neither
-# measure is traded away for the other.
-TAU_UNIT, ERR_UNIT = 0.03, 0.05
+# min(tau gain / TAU_UNIT, relative MAE gain / MAE_UNIT). The units are roughly one standard
+# error of each difference on a ~125-row test split (tau 0.03, MAE 5%), so neither measure is
+# traded away for the other.
+TAU_UNIT, MAE_UNIT = 0.03, 0.05
 
 
 @dataclass(slots=True)
@@ -252,11 +243,9 @@ def fit_parts(a: np.ndarray, hit: np.ndarray, logtok: np.ndarray, cfg: TwoPartCo
     return w_hit, w_len, sd
 
 
-def _tau_rmse_mae(point: np.ndarray, tokens: np.ndarray) -> tuple[float, float, float]:
+def _tau_mae(point: np.ndarray, tokens: np.ndarray) -> tuple[float, float]:
     tau = lf.kendall_tau_b(point, tokens)
-    err = point - tokens
-    return ((0.0 if math.isnan(tau) else tau), float(np.sqrt(np.mean(err**2))),
-            float(np.mean(np.abs(err))))
+    return (0.0 if math.isnan(tau) else tau), float(np.mean(np.abs(point - tokens)))
 
 
 def fit_two_part(queries: Sequence, tokens: np.ndarray, censored: np.ndarray, *,
@@ -282,27 +271,36 @@ def fit_two_part(queries: Sequence, tokens: np.ndarray, censored: np.ndarray, *,
         return np.hstack([prior, hashed]) if cfg.hashed else prior
 
     prompt_pt = np.clip(np.round(np.exp(prompt_log_tokens(queries))), 1, caps)
-    p_tau, p_rmse, p_mae = _tau_rmse_mae(prompt_pt, tokens)
+    p_tau, p_mae = _tau_mae(prompt_pt, tokens)
     k = max(2, min(folds, n // 2))
-    # the out-of-fold mean point of every candidate, per repeat
-    scores: dict[TwoPartConfig, list[tuple[float, float, float]]] = {c: [] for c in cands}
+    # out-of-fold (p, m, sd) per model part configuration, per repeat
+    scores: dict[TwoPartConfig, list[tuple[float, float]]] = {c: [] for c in cands}
+    parts_keys = sorted({(c.hashed, c.l2_hit, c.l2_len) for c in cands})
     for r in range(repeats):
         fold_of = np.random.default_rng(seed + r).permutation(n) % k
-        oof = {cfg: np.zeros(n) for cfg in cands}
+        oof = {key: (np.zeros(n), np.zeros(n), np.zeros(n)) for key in parts_keys}
         for f in range(k):
             tr, te = fold_of != f, fold_of == f
-            for cfg in cands:
+            for key in parts_keys:
+                cfg = TwoPartConfig(key[0], key[1], key[2], 0.5, 0.0)
                 a = design(cfg)
                 w_hit, w_len, sd = fit_parts(a[tr], hit[tr], logtok[tr], cfg, prior.shape[1])
                 z = w_hit[0] + a[te] @ w_hit[1:]
-                p = 1.0 / (1.0 + np.exp(-np.clip(z, -30, 30)))
-                oof[cfg][te] = mixture_mean(p, w_len[0] + a[te] @ w_len[1:], sd, caps[te])
+                oof[key][0][te] = 1.0 / (1.0 + np.exp(-np.clip(z, -30, 30)))
+                oof[key][1][te] = w_len[0] + a[te] @ w_len[1:]
+                oof[key][2][te] = sd
         for cfg in cands:
-            scores[cfg].append(_tau_rmse_mae(np.clip(np.round(oof[cfg]), 1, caps), tokens))
+            p, m, sd = oof[(cfg.hashed, cfg.l2_hit, cfg.l2_len)]
+            pt = np.zeros(n)
+            for s in np.unique(sd):  # one sd per fold
+                idx = sd == s
+                pt[idx] = mixture_tokens(p[idx], m[idx], float(s), cfg.point_quantile, caps[idx],
+                                         cfg.tie_break)
+            scores[cfg].append(_tau_mae(np.clip(np.round(pt), 1, caps), tokens))
 
     def margin(cfg: TwoPartConfig) -> float:
-        tau, rmse, _ = np.mean(scores[cfg], axis=0)
-        return min((tau - p_tau) / TAU_UNIT, (p_rmse - rmse) / max(p_rmse, 1e-9) / ERR_UNIT)
+        tau, mae = np.mean(scores[cfg], axis=0)
+        return min((tau - p_tau) / TAU_UNIT, (p_mae - mae) / max(p_mae, 1e-9) / MAE_UNIT)
 
     best = max(cands, key=margin)
     a = design(best)
@@ -310,8 +308,11 @@ def fit_two_part(queries: Sequence, tokens: np.ndarray, censored: np.ndarray, *,
     hd = hash_dim if best.hashed else 0
     if not best.hashed:  # no hashed block: store only the prior column
         w_hit, w_len = w_hit[: 1 + prior.shape[1]], w_len[: 1 + prior.shape[1]]
-    model = TwoPartLengthModel(coef_hit=w_hit, coef_len=w_len, sd_len=sd,
-                               upper_quantile=upper_quantile, hash_dim=hd, use_prior=use_prior)
-    cv_tau, _, cv_mae = np.mean(scores[best], axis=0)
+    model = TwoPartLengthModel(
+        coef_hit=w_hit, coef_len=w_len, sd_len=sd, point_quantile=best.point_quantile,
+        upper_quantile=upper_quantile, tie_break=best.tie_break, hash_dim=hd,
+        use_prior=use_prior,
+    )
+    cv_tau, cv_mae = np.mean(scores[best], axis=0)
     return TwoPartFit(model=model, config=best, cv_mae=float(cv_mae), cv_tau=float(cv_tau),
                       cv_prompt_mae=p_mae, cv_prompt_tau=p_tau)

@@ -175,8 +175,8 @@ def train_history(
         if l2 is not None and grid is None:
             from uellm_cli.profile.length_two_part import TWO_PART_GRID
 
-            grid = list(dict.fromkeys(TwoPartConfig(True, l2, l2) if c.hashed else c
-                                      for c in TWO_PART_GRID))
+            grid = [TwoPartConfig(c.hashed, l2, l2, c.point_quantile, c.tie_break)
+                    if c.hashed else c for c in TWO_PART_GRID]
         tp = fit_two_part(queries, tokens, censored, hash_dim=hash_dim, use_prior=use_prior,
                           upper_quantile=quantile, grid=grid, seed=seed)
         cfg = tp.config
@@ -186,7 +186,7 @@ def train_history(
             method="two-part", cv_tau=tp.cv_tau, cv_prompt_mae=tp.cv_prompt_mae,
             cv_prompt_tau=tp.cv_prompt_tau,
             config={"hashed": cfg.hashed, "l2_hit": cfg.l2_hit, "l2_len": cfg.l2_len,
-                    "point": "mean"},
+                    "point_quantile": cfg.point_quantile, "tie_break": cfg.tie_break},
         )
     if method != "linear":
         raise ConfigError(f"unknown length training method {method!r}; known: two-part, linear")
@@ -271,12 +271,10 @@ def clean_records(records: Iterable[Mapping], *, default_max_new_tokens: int | N
 def evaluate(predictors: Sequence[Predictor] | Mapping[str, Predictor],
              records: Iterable[Mapping] | Sequence[LengthRecord]) -> dict:
     """Per predictor: MAE (tokens), bucket accuracy (power-of-two buckets), Kendall tau-b of the
-    point estimate against actual output tokens, how often actual <= upper (coverage), and the
-    total error (sum of points / sum of actual - 1: what a makespan forecast inherits).
+    point estimate against actual output tokens, and how often actual <= upper (coverage).
 
     Returns {name: {"n", "mae", "bucket_accuracy", "kendall_tau", "upper_coverage",
-    "mean_tokens", "mean_upper", "total_error"}}; kendall_tau is None when undefined (constant
-    predictions).
+    "mean_tokens", "mean_upper"}}; kendall_tau is None when undefined (constant predictions).
     """
     recs = list(records)
     rows = recs if recs and isinstance(recs[0], LengthRecord) else clean_records(recs)
@@ -297,7 +295,6 @@ def evaluate(predictors: Sequence[Predictor] | Mapping[str, Predictor],
             "upper_coverage": float(np.mean(actual <= up)) if rows else None,
             "mean_tokens": float(np.mean(tok)) if rows else None,
             "mean_upper": float(np.mean(up)) if rows else None,
-            "total_error": float(tok.sum() / actual.sum() - 1.0) if rows and actual.sum() else None,
         }
     return result
 

@@ -150,14 +150,12 @@ def kendall_tau(x: Sequence[float], y: Sequence[float]) -> float | None:
 
 @dataclass(slots=True)
 class PredictorError:
-    """Predicted against actual output tokens over ok rows that have both. total_error: the
-    sum of predictions against the sum generated, what the makespan forecast inherits."""
+    """Predicted against actual output tokens over ok rows that have both."""
 
     count: int
     mae_tokens: float | None = None
     bucket_accuracy: float | None = None
     kendall_tau: float | None = None
-    total_error: float | None = None
 
 
 def predictor_error(rows: Iterable[RowResult]) -> PredictorError:
@@ -175,7 +173,6 @@ def predictor_error(rows: Iterable[RowResult]) -> PredictorError:
         mae_tokens=float(np.abs(pred - actual).mean()),
         bucket_accuracy=length_features.bucket_accuracy(pred, actual),
         kendall_tau=kendall_tau(pred, actual),
-        total_error=relative_error(float(pred.sum()), float(actual.sum())),
     )
 
 

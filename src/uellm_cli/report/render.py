@@ -24,9 +24,6 @@ from uellm_cli.report.metrics import RunMetrics
 REPORT_JSON = "report.json"
 REPORT_HTML = "report.html"  # written by render_html.py
 REPORT_SCHEMA = 1
-# The length predictor's total this far off the tokens generated is worth a line: the forecast
-# inherits it, and a predictor trained on other prompts is what gets a new kind of job wrong.
-PREDICTOR_HINT_ERROR = 0.25
 
 
 # ---------------------------------------------------------------------------- terminal
@@ -51,12 +48,6 @@ def summary_lines(m: RunMetrics) -> list[tuple[str, str]]:
     if fc is not None:
         lines.append(("forecast makespan",
                       f"{fmt_s(fc)} (actual {fmt_s(m.makespan_s)}, error {fmt_signed_pct(m.makespan_forecast_error)})"))
-    off = m.predictor.total_error
-    if off is not None and abs(off) > PREDICTOR_HINT_ERROR:
-        lines.append(("predicted tokens",
-                      f"{fmt_signed_pct(off)} against the {m.generated_tokens:,} generated: train the "
-                      "length predictor on this run with `uellm profile lengths --from-history "
-                      "--model MODEL`"))
     return lines
 
 

@@ -117,9 +117,8 @@ def _predictor(m: RunMetrics, results: Sequence[RowResult]) -> str:
     if not p.count:
         return '<p class="note">No ok row has both a predicted and an actual output length.</p>'
     tau = "n/a" if p.kendall_tau is None else f"{p.kendall_tau:.3f}"
-    table = _table(["rows", "MAE (tokens)", "bucket accuracy", "Kendall τ-b", "total error"],
-                   [(p.count, f"{p.mae_tokens:.1f}", fmt_pct(p.bucket_accuracy), tau,
-                     fmt_signed_pct(p.total_error))])
+    table = _table(["rows", "MAE (tokens)", "bucket accuracy", "Kendall τ-b"],
+                   [(p.count, f"{p.mae_tokens:.1f}", fmt_pct(p.bucket_accuracy), tau)])
     return table + _chart(plots.predicted_vs_actual(results), "")
 
 
