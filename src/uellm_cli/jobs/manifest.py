@@ -157,10 +157,11 @@ class Manifest:
         """Close the current attempt as interrupted, failed or complete."""
         if state not in STATES or state == "running":
             raise ValueError(f"a run finishes as interrupted, failed or complete, not {state!r}")
+        finished_at = now_iso()
+        if self.runs:  # the attempt first: a Ctrl-C between the two must not leave it running
+            self.runs[-1].update(finished_at=finished_at, state=state)
+        self.finished_at = finished_at
         self.state = state
-        self.finished_at = now_iso()
-        if self.runs:
-            self.runs[-1].update(finished_at=self.finished_at, state=state)
 
     def set_counts(self, results: Mapping[int, RowResult | Mapping]) -> None:
         """rows_done / rows_error / rows_rejected from the rows done so far (index -> a
