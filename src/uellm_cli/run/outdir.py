@@ -95,12 +95,9 @@ class RunFolder:
         try:
             self.log.close()
             if exc_type is not None and self.manifest is not None:
-                m = self.manifest
-                if m.state == "running" or (m.runs and m.runs[-1].get("state") == "running"):
-                    # (a second Ctrl-C may have cut short a finish() already under way)
+                if self.manifest.state == "running":
                     interrupted = issubclass(exc_type, KeyboardInterrupt)
-                    m.finish(m.state if m.state != "running"
-                             else "interrupted" if interrupted else "failed")
+                    self.manifest.finish("interrupted" if interrupted else "failed")
                 # Save also when the state was already set: the exception (a second Ctrl-C)
                 # may have cut short the save that should have written it. Counts come from
                 # the log, which may hold a batch the manifest had not counted yet.
