@@ -54,7 +54,8 @@ def workload(n: int, seed: int = 0) -> list[Query]:
     groups = [("greedy", ()), ("sample", 0.7, 1.0, None, ())]
     return [
         Query(i, f"r{i}", rng.randint(20, 800), 512, (p := rng.randint(10, 400)), min(512, int(p * 1.5)),
-              rng.uniform(30, 30 + n * 0.05), rng.choice([0, 0, 1]), rng.choice(groups))
+              rng.uniform(30, 30 + n * 0.05), rng.choice([0, 0, 1]), rng.choice(groups),
+              expected_tokens=min(512, int(p * 1.2)))  # a two-part predictor's mean
         for i in range(n)
     ]
 

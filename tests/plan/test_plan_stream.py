@@ -56,6 +56,31 @@ def test_a_vllm_plan_on_a_gpu_is_a_simulated_stream_with_its_limits():
     assert all(f.slo_met is not False for i, f in skipping.forecast.items() if i not in skipping.skipped)
 
 
+def test_the_expected_end_runs_the_chosen_order_at_the_mean_lengths():
+    """Rows whose mean is above their point (a small chance of a loop): every choice and row
+    forecast stays at the points, and one more simulation at the means gives the job's end."""
+    from dataclasses import replace
+
+    model = llama_like(layers=8, hidden=1024, heads=8, kv_heads=8, inter=2816)
+    rows = [query(i, prompt=200, pred=60, deadline=20.0 + i, max_new=512) for i in range(40)]
+    looping = [replace(q, expected_tokens=140) for q in rows]
+    plain = make_plan(rows, model, cluster([gpu(0, mem_gb=24)]), engine="vllm")
+    mean = make_plan(looping, model, cluster([gpu(0, mem_gb=24)]), engine="vllm")
+    assert "expected_makespan_s" not in plain.summary
+    assert {i: (f.start_s, f.finish_s) for i, f in mean.forecast.items()} == \
+        {i: (f.start_s, f.finish_s) for i, f in plain.forecast.items()}
+    assert mean.stream == plain.stream and mean.summary["makespan_s"] == plain.summary["makespan_s"]
+    assert mean.summary["expected_makespan_s"] > 1.5 * mean.summary["makespan_s"]
+
+
+def test_a_running_row_past_its_mean_still_has_a_token_to_come():
+    from dataclasses import replace
+
+    q = sf._with_progress(replace(query(0, pred=10, max_new=100), expected_tokens=12), 30)
+    assert (q.predicted_tokens, q.expected_tokens) == (31, 31)
+    assert sf._with_progress(replace(query(1, pred=50), expected_tokens=70), 30).expected_tokens == 70
+
+
 def _cpu_like_step(_prefill, _attention, decode_rows, _context, _sampled) -> float:
     """A step on a small CPU: 0.1 s of overhead, 7 ms per decoding row (fitted to vLLM on 2 cores
     here), so fewer rows at once decode each faster but the job slower."""

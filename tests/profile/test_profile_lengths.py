@@ -452,6 +452,38 @@ def test_mixture_quantile_is_the_stop_quantile_or_the_budget():
     assert 950.0 <= tb[0] < tb[1] < 1000.0
 
 
+def test_mixture_mean_is_the_mean_of_the_capped_mixture():
+    """E[min(X, cap)] in closed form against a Monte Carlo draw of the same mixture."""
+    rng = np.random.default_rng(3)
+    p, m, sd = np.array([0.0, 0.16, 0.5, 0.0]), np.log(np.array([35.0, 35.0, 80.0, 400.0])), 0.8
+    caps = np.array([512.0, 512.0, 512.0, 128.0])
+    closed = LF.mixture_mean(p, m, sd, caps)
+    for i in range(len(p)):
+        loops = rng.random(400_000) < p[i]
+        draws = np.where(loops, np.inf, np.exp(m[i] + sd * rng.standard_normal(400_000)))
+        assert closed[i] == pytest.approx(np.minimum(draws, caps[i]).mean(), rel=0.01)
+    # a row that loops one time in six: its 0.4-quantile is its short answer, its mean holds
+    # a sixth of a loop, which is what the job's time adds up
+    point = LF.mixture_tokens(p[1:2], m[1:2], sd, 0.4, caps[1:2])[0]
+    assert point < 40.0 < 100.0 < closed[1]
+
+
+def test_two_part_predictions_carry_their_mean():
+    pred = L.train_history(looping(300, seed=20), model_name="loops", hash_dim=256)
+    qs = [L.LengthQuery("Tell me about jazz as a short list again and again", 12, 256),
+          L.LengthQuery("Tell me about jazz in one word", 12, 256)]
+    p, m = pred.model.parts(qs)
+    out = pred.predict(qs)
+    for o, want in zip(out, LF.mixture_mean(p, m, pred.model.sd_len, np.full(2, 256.0)), strict=True):
+        assert o.mean == round(float(want)) and 1 <= o.mean <= 256
+    assert out[1].mean > out[1].tokens  # the small chance of a loop weighs in the mean only
+    # a model without a distribution of lengths has no mean apart from its point
+    assert all(o.mean is None for o in L.PromptPredictor().predict(qs))
+    assert all(o.mean is None for o in
+               L.train_history(synthetic(60, seed=24), model_name="lin", hash_dim=32,
+                               method="linear").predict(qs))
+
+
 def test_quantile_at_a_smaller_budget_is_the_capped_quantile():
     p, m = np.array([0.1, 0.3, 0.45]), np.log(np.array([40.0, 120.0, 300.0]))
     big = LF.mixture_tokens(p, m, 0.6, 0.4, np.full(3, 4096.0))

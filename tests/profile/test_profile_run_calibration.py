@@ -4,10 +4,17 @@ from __future__ import annotations
 
 import random
 
-from uellm_cli.jobs.results import BatchRecord
+import pytest
+
+from uellm_cli.jobs.results import BatchRecord, StepRecord
 from uellm_cli.profile.calibrate import load_calibrations
 from uellm_cli.profile.calibration import Calibration
-from uellm_cli.profile.run_calibration import features, observations_path, record_batches
+from uellm_cli.profile.run_calibration import (
+    features,
+    observations_path,
+    record_batches,
+    record_steps,
+)
 
 TRUE = Calibration("cpu-x", "hf", "m", prefill=(0.05, 2e-4, 1e-8), decode=(0.02, 0.004, 1e-6))
 
@@ -88,3 +95,29 @@ def test_a_torn_line_is_skipped():
         f.write("\n")
     cal = record_batches(batches[5:], engine="hf", device_name="cpu-t", model="m")
     assert cal is not None and cal.samples == 10
+
+
+def _steps(n: int, step_s: float, seed: int = 0) -> list[StepRecord]:
+    """Engine steps of d0 + d1 * rows (+ a prefill term), all times multiplied by step_s."""
+    rng = random.Random(seed)
+    out = []
+    for k in range(n):
+        rows, prefill = rng.randint(1, 32), (rng.randint(16, 256) if k % 5 == 0 else 0)
+        out.append(StepRecord(prefill, float(prefill * prefill), rows, rows * 100.0, rows,
+                              step_s * (0.1 + 0.003 * rows + 2e-4 * prefill)))
+    return out
+
+
+def test_steps_of_instances_side_by_side_are_fitted_apart_from_one_instance_alone():
+    """Two instances sharing a CPU slow each other: their 1-thread steps (twice as slow here)
+    must neither blur the fit of a 1-thread instance alone nor stand for it."""
+    alone = record_steps(_steps(200, 1.0), engine="vllm", device_name="cpu-s", model="m", threads=1)
+    side = record_steps(_steps(200, 2.0, seed=1), engine="vllm", device_name="cpu-s", model="m",
+                        threads=1, instances=2)
+    assert alone is not None and side is not None
+    assert alone.instances == 1 and side.instances == 2
+    assert side.decode[0] == pytest.approx(2 * alone.decode[0], rel=0.02)
+    assert load_calibrations("vllm", model="m", threads=1)["cpu-s"].decode == alone.decode
+    assert load_calibrations("vllm", model="m", threads=1, instances=2)["cpu-s"].decode == side.decode
+    again = record_steps(_steps(50, 1.0, seed=2), engine="vllm", device_name="cpu-s", model="m", threads=1)
+    assert again is not None and again.decode[0] == pytest.approx(alone.decode[0], rel=0.02)

@@ -192,6 +192,18 @@ def test_forecast_summary_of_a_plan():
     # slots 2*10 + 1*20 = 40, wasted 0.5*20 = 10
     assert f["padding_waste"] == pytest.approx(10 / 40)
     assert M.forecast_summary(plan)["throughput_tok_s"] is None
+    assert f["expected_makespan_s"] is None
+    plan.summary["expected_makespan_s"] = 14.0
+    assert M.forecast_summary(plan)["expected_makespan_s"] == 14.0
+
+
+def test_the_forecast_error_is_of_the_expected_makespan_when_there_is_one():
+    rows = [ok(0, out=10, fin=3, dl=5), ok(1, out=20, fin=6, dl=5)]
+    bs = [batch(0, 1.0, 3.0, rows=(0,), steps=10, out=10), batch(1, 3.0, 6.0, rows=(1,), steps=20, out=20)]
+    m = M.summarize(rows, bs, forecast={"makespan_s": 4.0, "expected_makespan_s": 5.5})
+    assert m.makespan_forecast_error == pytest.approx((5.5 - 5.0) / 5.0)
+    assert M.forecast_makespan({"makespan_s": 4.0, "expected_makespan_s": None}) == 4.0
+    assert M.forecast_makespan(None) is None
 
 
 def test_per_replica_breakdown():

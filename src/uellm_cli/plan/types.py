@@ -11,6 +11,8 @@ class Query:
 
     index: the row's position in the input (Row.index), the key everywhere downstream.
     group: the row's Sampling.key(); rows with different groups never share a batch.
+    predicted_tokens: the length the row most likely needs (orders rows, judges deadlines);
+    expected_tokens: its mean, where lengths add up into the job's time (None: the same).
     """
 
     index: int
@@ -22,6 +24,7 @@ class Query:
     deadline_s: float | None
     priority: int = 0
     group: tuple = ("greedy", ())
+    expected_tokens: int | None = None
 
 
 @dataclass(slots=True, frozen=True)

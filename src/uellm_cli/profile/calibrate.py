@@ -112,11 +112,13 @@ def calibration_from_dict(d: dict) -> Calibration:
 
 
 def load_calibrations(engine: str = "hf", model: str | None = None,
-                      threads: int | None = None) -> dict[str, Calibration]:
+                      threads: int | None = None, instances: int = 1) -> dict[str, Calibration]:
     """Stored calibrations keyed by device name (only `model`'s if given): per device the one
     measured with `threads` CPU threads when there is one (a CPU's speed does not scale
-    simply with its threads), else the newest. Unreadable files are skipped: a calibration is
-    an optimisation, never a requirement."""
+    simply with its threads), else the newest; only those measured with `instances` engine
+    instances running side by side (one unless asked: instances that share a CPU slow each
+    other). Unreadable files are skipped: a calibration is an optimisation, never a
+    requirement."""
     out: dict[str, Calibration] = {}
     folder = calibrations_dir() / _slug(engine)
     if not folder.is_dir():
@@ -126,7 +128,8 @@ def load_calibrations(engine: str = "hf", model: str | None = None,
             cal = calibration_from_dict(json.loads(path.read_text()))
         except (OSError, ValueError, KeyError, TypeError):
             continue
-        if cal.engine != engine or (model is not None and not same_model(cal.model, model)):
+        if (cal.engine != engine or cal.instances != instances
+                or (model is not None and not same_model(cal.model, model))):
             continue
         old = out.get(cal.device_name)
         if old is None or _rank(cal, threads) > _rank(old, threads):

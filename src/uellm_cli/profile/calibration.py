@@ -37,6 +37,24 @@ class Calibration:
         t = self.fit_error.get("threads")
         return int(t) if t else None
 
+    @property
+    def instances(self) -> int:
+        """The CPU instances that ran side by side while it was measured (1 unless recorded)."""
+        return int(self.fit_error.get("instances") or 1)
+
+    def side_by_side(self, instances: int) -> Calibration:
+        """This calibration of one instance with all the threads, for each of `instances`
+        instances that split them and run at once, when none was measured that way: every time
+        multiplied by `instances`, so together they are no faster than the one. They share the
+        memory bandwidth: on a 2-core CPU two 1-thread instances ran 330 tok/s together against
+        500-578 for one 2-thread instance, while one 1-thread instance alone, beside an idle
+        core, runs more than half as fast as two threads."""
+        if instances <= 1:
+            return self
+        return replace(self, prefill=tuple(x * instances for x in self.prefill),
+                       decode=tuple(x * instances for x in self.decode),
+                       fit_error={**self.fit_error, "side_by_side": instances})
+
     def for_threads(self, threads: int, *, measured: int | None = None,
                     device_name: str | None = None) -> Calibration:
         """This calibration for a CPU run on `threads` threads: every time multiplied by

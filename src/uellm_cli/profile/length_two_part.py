@@ -14,6 +14,10 @@ generic answer length and learns how the served model differs) and optionally ha
 words/bigrams. Where the point estimate reaches the budget it is lowered by
 tie_break x (1 - p) x B (a few tokens) so that rows the model expects to be cut are still
 ordered by how likely that is, instead of tying at B.
+Beside the point (a quantile: what a row most likely needs, which orders rows and judges their
+deadlines) the model gives the mean E[min(X, B)], which the planner uses where lengths add up
+into the job's time: a row that loops one time in six has its short answer as its point, but a
+sixth of a loop in its mean (docs/lengths.md).
 """
 
 from __future__ import annotations
@@ -96,6 +100,26 @@ def mixture_tokens(p: np.ndarray, m: np.ndarray, sd: float, q: float, caps: np.n
     return np.where(natural >= caps, caps * (1.0 - tie_break * (1.0 - p)), natural)
 
 
+def _norm_cdf(x: np.ndarray) -> np.ndarray:
+    """Standard normal CDF, elementwise."""
+    return 0.5 * (1.0 + _erf(np.asarray(x, dtype=np.float64) / math.sqrt(2.0)))
+
+
+_erf = np.vectorize(math.erf, otypes=[np.float64])
+
+
+def mixture_mean(p: np.ndarray, m: np.ndarray, sd: float, caps: np.ndarray) -> np.ndarray:
+    """E[min(X, cap)] when X never stops with probability p, else is log-normal(m, sd):
+    p cap + (1 - p) (e^(m + sd^2/2) Phi(z - sd) + cap (1 - Phi(z))), z = (ln cap - m) / sd.
+    Not rounded."""
+    p = np.clip(np.asarray(p, dtype=np.float64), _P_CLIP, 1 - _P_CLIP)
+    m = np.minimum(np.asarray(m, dtype=np.float64), 30.0)
+    caps = np.asarray(caps, dtype=np.float64)
+    z = (np.log(caps) - m) / sd
+    stopped = np.exp(m + sd * sd / 2.0) * _norm_cdf(z - sd) + caps * (1.0 - _norm_cdf(z))
+    return p * caps + (1.0 - p) * np.minimum(stopped, caps)
+
+
 @dataclass(slots=True)
 class TwoPartLengthModel:
     """P(run to the budget) by logistic regression and log(length | stopped) by ridge, on
@@ -145,6 +169,15 @@ class TwoPartLengthModel:
             tok = int(min(max(round(float(pt)), 1), cap))
             out.append((tok, int(min(max(round(float(up)), tok), cap))))
         return out
+
+    def mean_tokens(self, queries: Sequence) -> list[int]:
+        """E[min(X, max_new_tokens)] per query, rounded, within [1, max_new_tokens]: the
+        expected length, what sums of lengths (the job's time) want."""
+        if not queries:
+            return []
+        p, m = self.parts(queries)
+        caps = np.array([max(int(q.max_new_tokens), 1) for q in queries], dtype=np.float64)
+        return [int(round(float(v))) for v in np.clip(mixture_mean(p, m, self.sd_len, caps), 1.0, caps)]
 
     def features(self) -> list[str]:
         return [PRIOR_FEATURE] if self.use_prior else []

@@ -50,11 +50,14 @@ _FITTED_FILE = f"{DEFAULT_MODEL}-lengths.json"
 
 @dataclass(slots=True, frozen=True)
 class LengthPrediction:
-    """Predicted output tokens: `tokens` (point estimate, used for time) and `upper` (an upper
-    quantile, used for memory). Both are capped at the row's max_new_tokens."""
+    """Predicted output tokens, capped at the row's max_new_tokens: `tokens` (the point, what
+    the row most likely needs: orders rows and judges their deadlines), `upper` (an upper
+    quantile, for memory) and `mean` (the expected length, where lengths add up into the job's
+    time; None: predictors without a distribution of lengths, whose point serves)."""
 
     tokens: int
     upper: int
+    mean: int | None = None
 
 
 @dataclass(slots=True, frozen=True)
@@ -119,7 +122,11 @@ class HistoryPredictor:
     config: dict | None = None
 
     def predict(self, queries: list[LengthQuery]) -> list[LengthPrediction]:
-        return [LengthPrediction(t, u) for t, u in self.model.predict(queries)]
+        points = self.model.predict(queries)
+        if not isinstance(self.model, TwoPartLengthModel):
+            return [LengthPrediction(t, u) for t, u in points]
+        means = self.model.mean_tokens(queries)
+        return [LengthPrediction(t, u, mean) for (t, u), mean in zip(points, means, strict=True)]
 
     def to_dict(self) -> dict:
         return {

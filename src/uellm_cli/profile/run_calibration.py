@@ -80,15 +80,18 @@ def record_batches(
 
 def record_steps(
     steps: Sequence[StepRecord], *, engine: str, device_name: str, model: str,
-    threads: int | None = None, source: str = "runs",
+    threads: int | None = None, instances: int = 1, source: str = "runs",
 ) -> Calibration | None:
     """Append a run's engine steps (thinned to STEPS_PER_RUN) and refit the step-time model;
-    None while there are too few steps, or too few with prompt tokens, to fit it."""
+    None while there are too few steps, or too few with prompt tokens, to fit it.
+    `instances`: the engine instances that ran side by side (they slow each other), kept with
+    each step; their steps are fitted only with steps of as many instances."""
     every = max(1, -(-len(steps) // STEPS_PER_RUN))
-    obs = [asdict(st) | ({"threads": threads} if threads else {})
-           for st in steps[::every] if st.seconds > 0]
+    ran = ({"threads": threads} if threads else {}) | ({"instances": instances} if instances > 1 else {})
+    obs = [asdict(st) | ran for st in steps[::every] if st.seconds > 0]
     path = observations_path(engine, device_name, model, "steps")
-    seen = _append(path, obs, "decode_rows")[-KEEP_STEPS:]
+    seen = [o for o in _append(path, obs, "decode_rows") if o.get("instances", 1) == instances]
+    seen = seen[-KEEP_STEPS:]
     same = [o for o in seen if o.get("threads") == threads]  # steps are plenty: fit like on like
     cal = fit_steps(same, engine=engine, device_name=device_name, model=model, source=source)
     if cal is None:
@@ -96,8 +99,7 @@ def record_steps(
                         device_name=device_name, model=model, source=source)
     if cal is None:
         return None
-    if threads:
-        cal = replace(cal, fit_error={**cal.fit_error, "threads": threads})
+    cal = replace(cal, fit_error={**cal.fit_error, **ran})
     return _save(path, cal)
 
 
@@ -154,9 +156,11 @@ def _append(path: Path, obs: list[dict], size_key: str) -> list[dict]:
 
 def _save(path: Path, cal: Calibration) -> Calibration:
     """Beside the observations, one fit per CPU thread count (load_calibrations prefers the
-    one of the run's threads)."""
+    one of the run's threads) and per count of instances side by side."""
     kind = path.name.rsplit("--", 1)[-1]
     name = "--runs.json" if not cal.threads else f"--runs-t{cal.threads}.json"
+    if cal.instances > 1:
+        name = name.replace(".json", f"x{cal.instances}.json")
     atomic_write_json(path.with_name(path.name.replace(f"--{kind}", name)), asdict(cal))
     return cal
 

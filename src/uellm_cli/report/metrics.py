@@ -192,6 +192,14 @@ def batch_forecast_mae(batches: Iterable[BatchRecord]) -> float | None:
     return sum(errs) / len(errs) if errs else None
 
 
+def forecast_makespan(forecast: dict | None) -> float | None:
+    """The forecast's job time: its expected makespan (continuous batching, rows at their mean
+    lengths) when it has one, else its makespan."""
+    forecast = forecast or {}
+    expected = forecast.get("expected_makespan_s")
+    return expected if expected is not None else forecast.get("makespan_s")
+
+
 def forecast_summary(plan: Plan, predicted_tokens: dict[int, int] | None = None) -> dict:
     """The forecast dict of a plan/types.Plan, by the same definitions as the measurement.
 
@@ -208,6 +216,7 @@ def forecast_summary(plan: Plan, predicted_tokens: dict[int, int] | None = None)
     )
     return {
         "makespan_s": ms,
+        "expected_makespan_s": plan.summary.get("expected_makespan_s"),
         "slo_attainment": sum(verdicts) / len(verdicts) if verdicts else None,
         "throughput_tok_s": _per_second(tokens, ms) if tokens is not None else None,
         "padding_waste": waste,
@@ -362,7 +371,7 @@ def summarize(
         engine=engine,
         engine_note=engine_note,
         forecast=dict(forecast) if forecast else None,
-        makespan_forecast_error=relative_error((forecast or {}).get("makespan_s"), makespan(this_attempt)),
+        makespan_forecast_error=relative_error(forecast_makespan(forecast), makespan(this_attempt)),
         batch_finish_forecast_mae_s=batch_forecast_mae(this_attempt),
         utilisation=utilisation_summary(utilisation or []),
     )

@@ -28,7 +28,7 @@ def render_plan(plan: Plan, profile: ModelProfile, cluster: Cluster,
         _deployment_table(plan, profile, cluster),
         _alternatives_table(plan),
         _timeline_table(plan),
-        f"forecast: makespan {fmt_s(summary.get('makespan_s'))}, SLO attainment "
+        f"forecast: makespan {fmt_s(summary.get('makespan_s'))}{_expected(summary)}, SLO attainment "
         f"{fmt_pct(summary.get('slo_attainment'))} of {summary.get('rows_with_deadline', 0)} rows "
         f"with a deadline, throughput {fmt_rate(summary.get('throughput_tok_s'))}, padding waste "
         f"{fmt_pct(summary.get('padding_waste'))}; first batch at {plan.start_offset_s:.1f} s "
@@ -42,6 +42,15 @@ def render_plan(plan: Plan, profile: ModelProfile, cluster: Cluster,
                                                for src, ids in sources.items()) + "[/dim]")
     out.extend(f"[yellow]note:[/yellow] {note}" for note in plan.notes)
     return out
+
+
+def _expected(summary: dict) -> str:
+    """" at the rows' likely lengths, 5.2 min expected at their mean lengths" when the plan has
+    an expected makespan apart from its makespan at the points, else ""."""
+    expected = summary.get("expected_makespan_s")
+    if expected is None or abs(expected - (summary.get("makespan_s") or 0.0)) < 0.05:
+        return ""
+    return f" at the rows' likely lengths, {fmt_s(expected)} expected at their mean lengths"
 
 
 def _deployment_table(plan: Plan, profile: ModelProfile, cluster: Cluster) -> Table:

@@ -19,7 +19,7 @@ from rich.text import Text
 from uellm_cli.jobs.durable import atomic_write_bytes
 from uellm_cli.jobs.results import BatchRecord, RowResult
 from uellm_cli.report.formats import fmt_pct, fmt_rate, fmt_s, fmt_signed_pct
-from uellm_cli.report.metrics import RunMetrics
+from uellm_cli.report.metrics import RunMetrics, forecast_makespan
 
 REPORT_JSON = "report.json"
 REPORT_HTML = "report.html"  # written by render_html.py
@@ -44,7 +44,7 @@ def summary_lines(m: RunMetrics) -> list[tuple[str, str]]:
         lines.append(("engine", m.engine + (f" ({m.engine_note})" if m.engine_note else "")))
     if m.model_load_s is not None:
         lines.append(("model load", fmt_s(m.model_load_s)))
-    fc = (m.forecast or {}).get("makespan_s")
+    fc = forecast_makespan(m.forecast)
     if fc is not None:
         lines.append(("forecast makespan",
                       f"{fmt_s(fc)} (actual {fmt_s(m.makespan_s)}, error {fmt_signed_pct(m.makespan_forecast_error)})"))

@@ -12,7 +12,7 @@ from uellm_cli.jobs.durable import atomic_write_bytes
 from uellm_cli.jobs.results import BatchRecord, RowResult
 from uellm_cli.report import plots
 from uellm_cli.report.formats import fmt_bytes, fmt_pct, fmt_rate, fmt_s, fmt_signed_pct
-from uellm_cli.report.metrics import RunMetrics, row_latency, row_slo_met
+from uellm_cli.report.metrics import RunMetrics, forecast_makespan, row_latency, row_slo_met
 from uellm_cli.report.render import REPORT_HTML
 
 LIST_LIMIT = 20  # rows shown in the "slowest" and "failed" tables
@@ -63,7 +63,7 @@ def _section(sid: str, title: str, body: str) -> str:
 def _cards(m: RunMetrics) -> str:
     att = m.slo_attainment
     att_cls = "" if att is None else "good" if att >= 1 else "warn" if att >= 0.9 else "bad"
-    fc = (m.forecast or {}).get("makespan_s")
+    fc = forecast_makespan(m.forecast)
     cards = [
         _card("rows ok", f"{m.ok} / {m.rows}", f"{m.rejected} rejected, {m.errors} failed",
               "bad" if m.errors or m.rejected else "good"),
@@ -88,8 +88,10 @@ def _forecast(m: RunMetrics) -> str:
     if not m.forecast:
         return '<p class="note">No forecast was recorded for this run.</p>'
     f = m.forecast
+    expected = f.get("expected_makespan_s") is not None
     rows = [
-        ("makespan", fmt_s(f.get("makespan_s")), fmt_s(m.makespan_s), fmt_signed_pct(m.makespan_forecast_error)),
+        ("makespan" + (" (rows at their mean predicted lengths)" if expected else ""),
+         fmt_s(forecast_makespan(f)), fmt_s(m.makespan_s), fmt_signed_pct(m.makespan_forecast_error)),
         ("SLO attainment", fmt_pct(f.get("slo_attainment")), fmt_pct(m.slo_attainment), ""),
         ("throughput", fmt_rate(f.get("throughput_tok_s")), fmt_rate(m.throughput_tok_s), ""),
         ("padding waste", fmt_pct(f.get("padding_waste")), fmt_pct(m.padding_waste), ""),

@@ -224,7 +224,7 @@ def _learn_costs(cfg: RunConfig, planned: Planned, executed: Executed) -> None:
             record_startup(max(0.5, start), engine=planned.engine, device_name=device.name,
                            model=planned.model.name)
         if planned.engine == "vllm":
-            record_steps(executed.steps, **where)
+            record_steps(executed.steps, **where, instances=planned.target.instances)
         else:
             record_batches(executed.batches, **where)
 

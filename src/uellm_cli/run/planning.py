@@ -10,7 +10,7 @@ the start-up that comes before the first batch (loading counts on the run clock)
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from uellm_cli.config import RunConfig
 from uellm_cli.engine.rows import PreparedRow
@@ -22,7 +22,7 @@ from uellm_cli.profile.model_profile import ModelProfile
 from uellm_cli.run.prepare import PreparedJob
 
 # vLLM on a CPU: one instance with every thread, or the threads split into this many instances
-# (the plan judges each by simulation, with the calibration of its thread count).
+# (the plan judges each by simulation, with a calibration of that many side by side).
 CPU_INSTANCES = (1, 2, 4)
 
 
@@ -101,11 +101,41 @@ def local_targets(cfg: RunConfig, prepared: PreparedJob, *,
     targets = []
     for engine in engines:
         split = CPU_INSTANCES if engine == "vllm" and not cluster.has_gpu and cfg.replicas is None else (1,)
-        for k in (k for k in split if threads % k == 0):
-            per = threads // k
-            calibrations = load_calibrations(engine, model=profile.name, threads=per)
-            targets.append(Target(cluster, engine, for_cpu_threads(calibrations, cluster, per), per, k))
+        whole = for_cpu_threads(load_calibrations(engine, model=profile.name, threads=threads),
+                                cluster, threads)
+        targets.append(Target(cluster, engine, whole, threads, 1))
+        for k in (k for k in split if k > 1 and threads % k == 0):
+            side = load_calibrations(engine, model=profile.name, threads=threads // k, instances=k)
+            targets.append(Target(cpu_share(cluster, k), engine,
+                                  side_by_side(whole, side, cluster, threads // k, k), threads // k, k))
     return Targets(targets, profile, [], note)
+
+
+def cpu_share(cluster: Cluster, instances: int) -> Cluster:
+    """The cluster as each of `instances` CPU instances sees it: each CPU's peak compute and
+    bandwidth split between them (its roofline, where no calibration applies)."""
+    return replace(cluster, devices=[
+        replace(d, flops=d.flops / instances, mem_bandwidth=d.mem_bandwidth / instances)
+        if d.kind == "cpu" else d for d in cluster.devices])
+
+
+def side_by_side(whole: Mapping[str, Calibration], measured: Mapping[str, Calibration],
+                 cluster: Cluster, threads: int, instances: int) -> dict[str, Calibration]:
+    """Calibrations for each of `instances` CPU instances of `threads` threads each: per CPU
+    the one measured with that many instances of those threads side by side, else the
+    one-instance calibration of all the threads (`whole`) slowed so that together they are no
+    faster (Calibration.side_by_side). A 1-thread calibration measured alone would make two
+    instances look twice as fast as they run: the plan chose them, and they ran at 0.2-0.5x."""
+    out = dict(whole)
+    for dev in cluster.devices:
+        got = measured.get(dev.name)
+        if dev.kind != "cpu":
+            continue
+        if got is not None and got.threads == threads:
+            out[dev.name] = got
+        elif dev.name in whole:
+            out[dev.name] = whole[dev.name].side_by_side(instances)
+    return out
 
 
 def ray_targets(ray_cluster, cfg: RunConfig, prepared: PreparedJob) -> Targets:
@@ -169,8 +199,9 @@ def model_profile(prepared: PreparedJob, cluster: Cluster, dtype: str | None) ->
 def predict(cfg: RunConfig, model_name: str, rows: Mapping[int, PreparedRow]
             ) -> tuple[dict[int, Query], str]:
     """A Query per row: its tokens, deadline, and the predictor's output length (the point
-    value for time, the upper quantile for memory), never past the row's budget; and the
-    name of the predictor that made them (`auto` picks one)."""
+    for order and deadlines, the mean for the job's time, the upper quantile for memory),
+    never past the row's budget; and the name of the predictor that made them (`auto` picks
+    one)."""
     from uellm_cli.profile.lengths import LengthQuery, get_predictor
 
     predictor = get_predictor(cfg.predictor, model_name=model_name)
@@ -188,6 +219,7 @@ def predict(cfg: RunConfig, model_name: str, rows: Mapping[int, PreparedRow]
             predicted_tokens=min(pred.tokens, budget),
             predicted_upper=min(max(pred.upper, pred.tokens), budget),
             deadline_s=p.row.deadline_s, priority=p.row.priority, group=p.row.sampling.key(),
+            expected_tokens=None if pred.mean is None else min(pred.mean, budget),
         )
     return queries, predictor.name
 
