@@ -101,7 +101,7 @@ class SimResult:
 
 class _Live:
     __slots__ = ("req", "computed", "generated", "blocks", "arrival", "entry", "lazy", "epoch",
-                 "victim_key")
+                 "victim_key", "residue")
 
     def __init__(self, req: SimRequest, arrival: int):
         self.req, self.arrival = req, arrival
@@ -110,6 +110,7 @@ class _Live:
         self.entry = (0, 0, 0)  # (step, computed, generated) when it joined the decoding set
         self.lazy = False  # in the decoding set: its counters follow from the step count
         self.epoch = 0  # times it joined the decoding set: older heap entries of it are stale
+        self.residue = 0  # in the decoding set: it needs a block at the steps of this residue
 
     def current(self, epoch: int) -> bool:
         """Is a heap entry pushed at `epoch` about this stay in the decoding set?"""
@@ -150,8 +151,10 @@ def simulate(requests: Sequence[SimRequest], limits: StreamLimits, step: StepTim
 class _Sim:
     """The simulation's state. Rows that are decoding (one token per step, nothing else) sit
     in a lazy set: their counters follow from the step count, the sum of their contexts is
-    kept as one number, and heaps say when each needs its next KV block and when it ends, so
-    a step costs O(1) plus the rows that join, leave, prefill or cross a block. When the free
+    kept as one number, a heap says when each ends, and each sits under the residue (mod the
+    block size) of the steps at which it needs a new KV block (one every block_size steps), so
+    a step costs O(1) plus the rows that join, leave, prefill or cross a block, and a stretch
+    of decode steps counts the blocks it needs from the residues alone. When the free
     blocks run short in a step of decoding rows alone, `_preempting_step` preempts as vLLM
     would without leaving the lazy set. Any other step the lazy set cannot take whole (the
     token budget runs short, or a row would preempt itself) runs through `_step`, row by row,
@@ -170,7 +173,8 @@ class _Sim:
         self.lazy_rows = 0
         self.lazy_context = 0  # sum over lazy rows of (computed at entry - entry step)
         self.ends: list = []  # (steps after which it has its last token, arrival, epoch, live)
-        self.crossings: list = []  # (step that needs its next block, arrival, epoch, live)
+        # lazy rows by the residue mod block of the steps at which each needs its next block
+        self.crossing_at: list[dict[_Live, None]] = [{} for _ in range(self.block)]
 
     def run(self, fast: bool) -> None:
         self.explicit = dict(self.running)
@@ -198,20 +202,11 @@ class _Sim:
         k = self.ends[0][0] - s
         if k <= 1:
             return False
-        crossing, need = [], 0
-        while self.crossings and self.crossings[0][0] < s + k:
-            entry = heapq.heappop(self.crossings)
-            if entry[3].current(entry[2]):
-                crossing.append(entry)
-                need += 1 + (s + k - 1 - entry[0]) // block
+        whole, part = divmod(k, block)  # every lazy row crosses once in each `block` steps
+        need = whole * self.lazy_rows + sum(len(self.crossing_at[(s + j) % block]) for j in range(part))
         if need > self.free:  # blocks run out on the way: step by step
-            for entry in crossing:
-                heapq.heappush(self.crossings, entry)
             return False
         self.free -= need
-        for at, arrival, epoch, live in crossing:
-            heapq.heappush(self.crossings,
-                           (at + (1 + (s + k - 1 - at) // block) * block, arrival, epoch, live))
         rows, step, now = self.lazy_rows, self.step, self.now
         context = self.lazy_context + rows * s
         for j in range(k):
@@ -227,10 +222,9 @@ class _Sim:
             _, _, epoch, live = heapq.heappop(self.ends)
             if live.current(epoch):
                 s0, c0, _ = live.entry
-                live.computed, live.lazy = c0 + self.steps - s0, False
+                live.computed = c0 + self.steps - s0
                 live.blocks = _blocks_for(live.computed, self.block)
-                self.lazy_rows -= 1
-                self.lazy_context -= c0 - s0
+                self._unlazy(live)
                 self._leave(live)
 
     # ---------------------------------------------------------------- the lazy set
@@ -248,8 +242,16 @@ class _Sim:
             self.lazy_context += live.computed - s
             heapq.heappush(self.ends, (s + live.req.output_tokens - live.generated, live.arrival,
                                        live.epoch, live))
-            heapq.heappush(self.crossings, (s + (-live.computed) % self.block, live.arrival,
-                                            live.epoch, live))
+            live.residue = (s - live.computed) % self.block  # computing token `computed` % block == 0
+            self.crossing_at[live.residue][live] = None
+
+    def _unlazy(self, live: _Live) -> None:
+        """A row leaves the lazy set (its counters set by the caller)."""
+        s0, c0, _ = live.entry
+        live.lazy = False
+        self.lazy_rows -= 1
+        self.lazy_context -= c0 - s0
+        del self.crossing_at[live.residue][live]
 
     def _materialize(self) -> None:
         """Every lazy row back to explicit counters (before a row-by-row step)."""
@@ -262,7 +264,8 @@ class _Sim:
         self.explicit = dict(self.running)
         self.lazy_rows = self.lazy_context = 0
         self.ends.clear()
-        self.crossings.clear()
+        for rows in self.crossing_at:
+            rows.clear()
 
     def _fast_step(self) -> bool:
         """One step with the lazy set taken whole; False (nothing done) when it cannot be."""
@@ -272,17 +275,11 @@ class _Sim:
                                       for live in explicit)
         if not self.running or demand > limits.max_num_batched_tokens:
             return False
-        crossing = []
-        while self.crossings and self.crossings[0][0] == s:
-            entry = heapq.heappop(self.crossings)
-            if entry[3].current(entry[2]):
-                crossing.append(entry)
+        crossing = self.crossing_at[s % block]  # each takes a block; the next in `block` steps
         need = len(crossing) + sum(_blocks_for(live.req.prompt_tokens + live.generated, block) - live.blocks
                                    for live in explicit)
         if need > self.free:  # else the row-by-row step materializes the lazy set, heaps and all
-            return not explicit and self._preempting_step(crossing)
-        for _, arrival, epoch, live in crossing:  # each took one block; the next in `block` steps
-            heapq.heappush(self.crossings, (s + block, arrival, epoch, live))
+            return not explicit and self._preempting_step(list(crossing))
         self.free -= need
         scheduled = []
         for live in explicit:
@@ -328,22 +325,21 @@ class _Sim:
         self._end_lazy_rows()
         return True
 
-    def _preempting_step(self, crossing: list) -> bool:
-        """A step of decoding rows alone in which `crossing` (heap entries of the rows that
-        need their next block now) want more blocks than are free: vLLM's rule, taken whole.
-        In admission order each crossing row takes a block; when none is free the running row
-        of lowest priority is preempted (recomputed later) until one is. False (nothing
-        changed but `crossing` popped) when a row would preempt itself: the rows after it do
-        not run this step, which the lazy set cannot express."""
+    def _preempting_step(self, crossing: list[_Live]) -> bool:
+        """A step of decoding rows alone in which `crossing` (the rows that need their next
+        block now) want more blocks than are free: vLLM's rule, taken whole. In admission
+        order each crossing row takes a block; when none is free the running row of lowest
+        priority is preempted (recomputed later) until one is. False (nothing changed) when a
+        row would preempt itself: the rows after it do not run this step, which the lazy set
+        cannot express."""
         order = {live: n for n, live in enumerate(self.running)}
-        crossing.sort(key=lambda e: order[e[3]])
+        crossing.sort(key=order.__getitem__)
         deficit = len(crossing) - self.free
         victims = iter(sorted(self.running, key=_VICTIM_KEY, reverse=True)[:deficit])
         s, block, free = self.steps, self.block, self.free
         granted: dict[_Live, None] = {}
         gone: dict[_Live, None] = {}
-        for entry in crossing:
-            live = entry[3]
+        for live in crossing:
             if live in gone:
                 continue
             while free < 1:
@@ -356,16 +352,12 @@ class _Sim:
             free -= 1
             granted[live] = None
         for victim in gone:
-            s0, c0, g0 = victim.entry
-            victim.generated, victim.computed, victim.blocks, victim.lazy = g0 + s - s0, 0, 0, False
-            self.lazy_rows -= 1
-            self.lazy_context -= c0 - s0
+            s0, _, g0 = victim.entry
+            victim.generated, victim.computed, victim.blocks = g0 + s - s0, 0, 0
+            self._unlazy(victim)
             del self.running[victim]
             heapq.heappush(self.waiting, (victim.req.priority, victim.arrival, victim))
             self.result.preemptions += 1
-        for _, arrival, epoch, live in crossing:
-            if live not in gone:
-                heapq.heappush(self.crossings, (s + block, arrival, epoch, live))
         self.free = free
         rows = self.lazy_rows
         self.now += self.step(0, 0.0, rows, float(self.lazy_context + rows * s), rows)
