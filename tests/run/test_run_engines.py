@@ -100,12 +100,27 @@ def test_cpu_instances_are_judged_by_a_calibration_of_instances_side_by_side(mon
 
 
 def _planned(engine: str, *, finish: float, met: int, with_deadline: int = 10,
-             source: str = "roofline") -> Planned:
+             source: str = "roofline", instances: int = 1) -> Planned:
     plan = Plan("slo-odbs", Deployment("single", []), [], {}, engine=engine,
                 summary={"finish_s": finish, "rows_with_deadline": with_deadline,
                          "rows_missed": with_deadline - met},
                 cost_model={"devices": [{"device": "cpu", "source": source}]})
-    return Planned(plan, {}, llama_like(), Target(parse_cluster_spec("cpu"), engine, {}))
+    return Planned(plan, {}, llama_like(), Target(parse_cluster_spec("cpu"), engine, {},
+                                                  2 // instances, instances))
+
+
+def test_a_split_of_the_cpu_does_not_buy_deadlines_with_the_jobs_throughput():
+    """The half-deadline job here: two 1-thread instances forecast 41/200 met in 161 s, one
+    2-thread instance 26/200 in 124 s. Past the throughput floor, the split is set aside;
+    within it, it is judged as any plan."""
+    one = _planned("vllm", finish=124, met=26, with_deadline=200, source="calibration")
+    split = _planned("vllm", finish=161, met=41, with_deadline=200, source="calibration", instances=2)
+    best = choose([one, split])
+    assert best is one
+    assert best.engine_note == ("auto: vllm, vllm (2 instances x 1 thread) set aside: it ends "
+                                "at 161 s, one instance at 124 s")
+    close = _planned("vllm", finish=126, met=41, with_deadline=200, source="calibration", instances=2)
+    assert choose([one, close]) is close
 
 
 def test_more_deadlines_met_wins_then_the_earlier_finish():

@@ -84,12 +84,30 @@ def choose(planned: Sequence):
         (dropped if why else runnable).append((p, why))
     if not runnable:
         runnable = [(planned[0], None)]
-    best = _best(p for p, _ in runnable)
+    slow = _slow_splits([p for p, _ in runnable])
+    aside = {id(p) for p, _ in slow}
+    best = _best(p for p, _ in runnable if id(p) not in aside)
     parts = [f"forecast {_score(best)} against {_score(p)} for {p.label}"
-             for p, _ in runnable if p is not best]
+             for p, _ in runnable if p is not best and id(p) not in aside]
+    parts += [f"{p.label} set aside: it ends at {_finish(p):.0f} s, one instance at "
+              f"{_finish(one):.0f} s" for p, one in slow]
     parts += [f"{p.label} cannot run it: {why}" for p, why in dropped]
     best.engine_note = f"auto: {best.label}" + (f", {'; '.join(parts)}" if parts else "")
     return best
+
+
+def _slow_splits(planned: Sequence) -> list[tuple]:
+    """(plan, the one-instance plan of its engine) for each split of a CPU into instances
+    that ends past THROUGHPUT_FLOOR of one instance with every thread: deadlines are not
+    bought with the job's throughput across instances either, as within one
+    (plan/stream_forecast.py). Split, every instance pays the step's fixed cost, and
+    instances side by side slow each other more than any calibration of one shows."""
+    from uellm_cli.plan.stream_forecast import THROUGHPUT_FLOOR
+
+    one = {p.engine: p for p in planned if p.target.instances == 1}
+    return [(p, one[p.engine]) for p in planned
+            if p.target.instances > 1 and p.engine in one
+            and _finish(p) > _finish(one[p.engine]) / THROUGHPUT_FLOOR]
 
 
 def _met(p) -> int:
