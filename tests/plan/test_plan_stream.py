@@ -71,6 +71,13 @@ def test_the_expected_end_runs_the_chosen_order_at_the_mean_lengths():
         {i: (f.start_s, f.finish_s) for i, f in plain.forecast.items()}
     assert mean.stream == plain.stream and mean.summary["makespan_s"] == plain.summary["makespan_s"]
     assert mean.summary["expected_makespan_s"] > 1.5 * mean.summary["makespan_s"]
+    # a plan revised while the job runs (reschedule) does not pay for the simulation at the means
+    from uellm_cli.plan.costmodel import CostModel
+
+    args = (mean.batches, {q.index: q for q in looping}, mean.deployment.replicas,
+            CostModel(model, cluster([gpu(0, mem_gb=24)])))
+    assert sf.stream_forecast(*args, start_s=0.0).expected_end_s is None
+    assert sf.stream_forecast(*args, start_s=0.0, expected=True).expected_end_s > 0
 
 
 def test_a_running_row_past_its_mean_still_has_a_token_to_come():

@@ -294,7 +294,7 @@ def _streamed(chosen: _Judged, queries, cost, policy, start, max_batch_size, par
                       max_batch_size=max_batch_size, params=params, notes=notes)
     streamed = stream_forecast(static, {q.index: q for q in queries}, chosen.deployment.replicas,
                                cost, start_s=start, max_batch_size=max_batch_size, policy=policy,
-                               on_miss=on_miss)
+                               on_miss=on_miss, expected=True)
     skipped.update(streamed.skipped)
     if policy != "slo-odbs":
         streamed.notes[:0] = notes

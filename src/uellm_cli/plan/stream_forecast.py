@@ -80,12 +80,14 @@ def stream_forecast(batches: Sequence[PlannedBatch], queries: Mapping[int, Query
                     replicas: Sequence[Replica], cost: CostModel, *, start_s: float,
                     max_batch_size: int | None = None, policy: str = "slo-odbs",
                     on_miss: str = "run", progress: Mapping[int, int] | None = None,
-                    limits: Mapping[int, StreamLimits] | None = None) -> StreamPlan:
+                    limits: Mapping[int, StreamLimits] | None = None,
+                    expected: bool = False) -> StreamPlan:
     """The static plan `batches` as vLLM will run it (see the module docstring).
 
     While the job runs (a revised plan): `progress` gives the tokens each running row has
     generated (those rows go first, as they are), and `limits` the engine's limits, which can
-    no longer change."""
+    no longer change. `expected`: also simulate the chosen order at the rows' mean lengths
+    (StreamPlan.expected_end_s), which the first plan reports and a revised one need not."""
     progress = progress or {}
     static_order = plan_order(batches)
     replica_of = {i: b.replica for b in batches for i in b.rows}
@@ -134,7 +136,7 @@ def stream_forecast(batches: Sequence[PlannedBatch], queries: Mapping[int, Query
             begin = start_s + (0.0 if fixed or on_gpu else cpu_kv_alloc_s(lim))
             sim = _simulate(order, lim, step, begin, progress)
         out.limits[rep.index] = lim
-        if any(q.expected_tokens is not None for q in order):
+        if expected and any(q.expected_tokens is not None for q in order):
             end = _simulate(order, lim, step, begin, progress, expected=True).end_s
             out.expected_end_s = max(out.expected_end_s or 0.0, end or begin)
         for rank, q in enumerate(order):

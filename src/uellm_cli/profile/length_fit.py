@@ -253,8 +253,8 @@ class _Ridge:
         return float(np.sum(self.e / (self.e + lam)))
 
 
-def _norm_cdf_upper(a: np.ndarray) -> np.ndarray:
-    """1 - Phi(a)."""
+def norm_sf(a: np.ndarray) -> np.ndarray:
+    """1 - Phi(a), the standard normal's upper tail, elementwise (erfc: exact far out)."""
     return 0.5 * np.vectorize(math.erfc, otypes=[float])(a / math.sqrt(2.0))
 
 
@@ -265,7 +265,7 @@ def _mills(a: np.ndarray) -> np.ndarray:
     big = a > 8.0
     out[big] = a[big] + 1.0 / a[big]
     s = a[~big]
-    out[~big] = np.exp(-0.5 * s * s) / math.sqrt(2 * math.pi) / np.maximum(_norm_cdf_upper(s), 1e-300)
+    out[~big] = np.exp(-0.5 * s * s) / math.sqrt(2 * math.pi) / np.maximum(norm_sf(s), 1e-300)
     return out
 
 

@@ -31,6 +31,7 @@ import numpy as np
 from uellm_cli.profile import length_features as lf
 from uellm_cli.profile.length_fit import (
     PRIOR_FEATURE,
+    norm_sf,
     prior_id,
     prompt_log_tokens,
     rounded_list,
@@ -100,14 +101,6 @@ def mixture_tokens(p: np.ndarray, m: np.ndarray, sd: float, q: float, caps: np.n
     return np.where(natural >= caps, caps * (1.0 - tie_break * (1.0 - p)), natural)
 
 
-def _norm_cdf(x: np.ndarray) -> np.ndarray:
-    """Standard normal CDF, elementwise."""
-    return 0.5 * (1.0 + _erf(np.asarray(x, dtype=np.float64) / math.sqrt(2.0)))
-
-
-_erf = np.vectorize(math.erf, otypes=[np.float64])
-
-
 def mixture_mean(p: np.ndarray, m: np.ndarray, sd: float, caps: np.ndarray) -> np.ndarray:
     """E[min(X, cap)] when X never stops with probability p, else is log-normal(m, sd):
     p cap + (1 - p) (e^(m + sd^2/2) Phi(z - sd) + cap (1 - Phi(z))), z = (ln cap - m) / sd.
@@ -116,7 +109,7 @@ def mixture_mean(p: np.ndarray, m: np.ndarray, sd: float, caps: np.ndarray) -> n
     m = np.minimum(np.asarray(m, dtype=np.float64), 30.0)
     caps = np.asarray(caps, dtype=np.float64)
     z = (np.log(caps) - m) / sd
-    stopped = np.exp(m + sd * sd / 2.0) * _norm_cdf(z - sd) + caps * (1.0 - _norm_cdf(z))
+    stopped = np.exp(m + sd * sd / 2.0) * (1.0 - norm_sf(z - sd)) + caps * norm_sf(z)
     return p * caps + (1.0 - p) * np.minimum(stopped, caps)
 
 

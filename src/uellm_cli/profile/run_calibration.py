@@ -158,10 +158,8 @@ def _save(path: Path, cal: Calibration) -> Calibration:
     """Beside the observations, one fit per CPU thread count (load_calibrations prefers the
     one of the run's threads) and per count of instances side by side."""
     kind = path.name.rsplit("--", 1)[-1]
-    name = "--runs.json" if not cal.threads else f"--runs-t{cal.threads}.json"
-    if cal.instances > 1:
-        name = name.replace(".json", f"x{cal.instances}.json")
-    atomic_write_json(path.with_name(path.name.replace(f"--{kind}", name)), asdict(cal))
+    ran = (f"-t{cal.threads}" if cal.threads else "") + (f"x{cal.instances}" if cal.instances > 1 else "")
+    atomic_write_json(path.with_name(path.name.replace(f"--{kind}", f"--runs{ran}.json")), asdict(cal))
     return cal
 
 
