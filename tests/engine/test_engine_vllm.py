@@ -35,6 +35,7 @@ from uellm_cli.engine.hf_engine import HFEngine
 from uellm_cli.engine.rows import PreparedRow
 from uellm_cli.engine.vllm_settings import RowShape, plan_settings
 from uellm_cli.errors import ConfigError, MissingExtraError, UellmError
+from uellm_cli.jobs.results import StepRecord
 from uellm_cli.jobs.schema import Row, Sampling
 from uellm_cli.plan.types import (
     Deployment,
@@ -361,6 +362,27 @@ def test_stream_executor_requeues_rows_not_started_in_the_revised_plans_order(mo
                   replan=replan)
     assert [r.index for g in got for r in g] == [0, 3, 2, 1]
     assert calls[0] == [1, 2, 3] and calls[-1] == [1]  # asked after every group but the last
+
+
+def test_stream_executor_gives_the_replanner_the_steps_the_engine_ran(monkeypatch):
+    """The speed factor of a re-plan comes from the engine's steps (run/replan.py)."""
+    monkeypatch.setattr(stream_executor, "FLUSH_ROWS", 1)
+
+    ran = [StepRecord(0, 0.0, 1, 10.0, 1, 0.25)]
+
+    class WithSteps(ScriptedStream):
+        def steps(self):
+            return ran
+
+    seen = []
+
+    def replan(pending, record, progress=None, steps=None):
+        seen.append(steps)
+
+    ticks = iter(range(100_000))
+    ex = Executor({0: WithSteps()}, clock=lambda: float(next(ticks)))
+    ex.run_stream(_plan([[0, 1, 2]]), _prepared(3), lambda res, rec: None, replan=replan)
+    assert seen == [ran, ran]  # after each group but the last, what the engine says it ran
 
 
 def test_stream_executor_does_not_replan_once_every_row_left_is_running(monkeypatch):

@@ -100,14 +100,16 @@ def _limits_for(seqs: int) -> StreamLimits:
 
 
 def test_deadlines_are_not_bought_with_more_than_the_throughput_floor():
-    """200 rows of 100 tokens: all at once end at ~170 s; 64 at once meet the early deadlines
-    but end ~13% later. The plan keeps the throughput and says which rows miss."""
+    """200 rows of 100 tokens: all at once end at ~150 s; 64 at once meet the early deadlines
+    but end ~13% later. The plan keeps the throughput: 256 at once, but the earliest rows held
+    to fewer at once (an early profile), which meets more deadlines within the floor."""
     rows = [query(i, prompt=8, pred=100, deadline=40.0 + i) for i in range(200)]
     lim, kept, late, _ = sf._search(rows, [], (256, 64), _limits_for, _cpu_like_step, 0.0, {})
-    assert lim.max_num_seqs == 256 and lim.early_cap is None
+    assert lim.max_num_seqs == 256 and lim.early_cap is not None and 0 < lim.early_rows < len(kept)
     sim = sf._simulate(kept + late, lim, _cpu_like_step, 0.0)
     fastest = sf._simulate(sorted(rows, key=sf.edf_key), _limits_for(256), _cpu_like_step, 0.0)
     assert sim.end_s <= fastest.end_s / sf.THROUGHPUT_FLOOR
+    assert sf._met(rows, sim) > sf._met(rows, fastest)
     # without the floor, 64 at once wins on deadlines: the floor is what decided it
     slow = sf._simulate(sorted(rows, key=sf.edf_key), _limits_for(64), _cpu_like_step, 0.0)
     assert sf._met(rows, slow) > sf._met(rows, fastest)
@@ -141,3 +143,22 @@ def test_a_slower_concurrency_within_the_floor_is_taken_for_its_deadlines():
     sim = sf._simulate(kept + late, lim, per_row, 0.0)
     assert sf._met(rows, sim) == 200 and lim.max_num_seqs == 128
     assert sim.end_s <= all_at_once.end_s / sf.THROUGHPUT_FLOOR
+
+
+def test_a_revised_plan_chooses_how_many_run_at_once_again_under_the_engines_limits():
+    """While the job runs, max_num_seqs and the KV cache are the engine's, but how many rows we
+    feed it at once is ours: a cap the first plan set for its tight rows is dropped once the
+    rows left have room (it had held every rank left, the running rows' too)."""
+    from dataclasses import replace
+
+    from uellm_cli.plan.planner import reschedule
+
+    model = llama_like(layers=8, hidden=1024, heads=8, kv_heads=8, inter=2816)
+    gpus = cluster([gpu(0, mem_gb=24)])
+    rows = [query(i, prompt=200, pred=100, deadline=1000.0) for i in range(60)]
+    plan = make_plan(rows, model, gpus, engine="vllm")
+    capped = replace(plan, stream={0: replace(plan.stream[0], early_cap=4, early_rows=1000)})
+    revised = reschedule(rows[10:], capped, model, gpus, start_s=1.0, progress={10: 5, 11: 7})
+    lim = revised.stream[0]
+    assert lim.max_num_seqs == plan.stream[0].max_num_seqs and lim.kv_blocks == plan.stream[0].kv_blocks
+    assert lim.early_cap is None and all(f.slo_met for f in revised.forecast.values())

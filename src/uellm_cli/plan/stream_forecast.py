@@ -44,9 +44,14 @@ SEQS_CANDIDATES = (256, 128, 64, 16)  # max_num_seqs judged (vLLM's default firs
 # 0.97 the all-at-once candidate won and missed as plain vLLM does (alpaca-200 at half its
 # deadlines: 81% forecast met against 100% at 128 at once, 5% slower).
 THROUGHPUT_FLOOR = 0.9
-# (early cap, share of the on-time rows it holds): how many of the rows that can make their
-# deadline run at once while they run; the rest of the job then runs up to max_num_seqs.
-EARLY_PROFILES = ((None, 1.0), (8, 1.0), (16, 1.0), (32, 1.0), (16, 0.5), (32, 0.5))
+# Early profiles: while the first share of the on-time rows (in deadline order) runs, at most
+# max_num_seqs // divisor of them run at once; the rest of the job then runs up to max_num_seqs.
+# Few at once finish the tightest deadlines sooner, and the smaller the share they hold, the
+# less throughput it costs: on alpaca-200 at half its deadlines (2-core CPU) every row at 128
+# at once was forecast to meet 91%, the first 10% at 64 at once 100%, and sooner.
+EARLY_DIVISORS = (2, 4, 8)
+EARLY_SHARES = (0.1, 0.25, 0.5, 1.0)
+EARLY_PROFILES = ((None, 1.0), *((d, s) for d in EARLY_DIVISORS for s in EARLY_SHARES))
 SEARCH_ROWS = 600  # a replica's concurrency is searched on its first rows in deadline order
 CPU_KV_ALLOC_S_PER_GIB = 1.7  # cpu_kv_alloc_s
 
@@ -115,19 +120,20 @@ def stream_forecast(batches: Sequence[PlannedBatch], queries: Mapping[int, Query
         begin = start_s  # when this replica's first row can start (a CPU allocates its KV first)
         if policy == "slo-odbs":
             rest = [q for q in mine if q.index not in progress]
-            if fixed is not None:
-                kept, late = _order_by_simulation(rest, fixed, step, start_s, running, progress)
-                lim, order, sim = _fixed(running + kept, late, fixed, step, start_s, on_miss, progress)
+            if fixed is not None:  # the engine's limits are set; how many we feed it at once is not
+                engine_limits = replace(fixed, early_cap=None, early_rows=0)
+                lim, kept, late, sim = _search(rest, running, (fixed.max_num_seqs,),
+                                               lambda _n, e=engine_limits: e, step, start_s, progress)
             else:
                 seqs_options = (max_batch_size,) if max_batch_size else SEQS_CANDIDATES
                 alloc = _no_alloc if on_gpu else cpu_kv_alloc_s
                 lim, kept, late, sim = _search(rest, running, seqs_options,
                                                lambda n, mine=mine: limits_for(n, mine),
                                                step, start_s, progress, alloc)
-                order = running + kept + ([] if on_miss == "skip" else _late_order(late))
                 begin = start_s + alloc(lim)
-                if sim is None:
-                    sim = _simulate(order, lim, step, begin, progress)
+            order = running + kept + ([] if on_miss == "skip" else _late_order(late))
+            if sim is None:
+                sim = _simulate(order, lim, step, begin, progress)
             if late:
                 out.notes.append(f"{len(late)} row(s) would miss their deadline in the simulation "
                                  "of continuous batching; they run after the rows that can "
@@ -249,12 +255,6 @@ def _late_order(late: Sequence[Query]) -> list[Query]:
     return sorted(late, key=lambda q: (q.priority, q.predicted_tokens, q.index))
 
 
-def _fixed(kept, late, limits, step, start_s, on_miss, progress):
-    order = list(kept) + ([] if on_miss == "skip" else _late_order(late))
-    limits = replace(limits, early_rows=min(limits.early_rows, len(kept)) if limits.early_cap else 0)
-    return limits, order, _simulate(order, limits, step, start_s, progress)
-
-
 def _met(order: Sequence[Query], sim: SimResult) -> int:
     return sum(1 for q in order if q.deadline_s is not None and sim.finish_s.get(q.index, INF) <= q.deadline_s)
 
@@ -276,8 +276,8 @@ def _search(rows, running, seqs_options, limits_for, step, start_s, progress, al
     in deadline order, demoted rows, and the simulation of them all when deadline order was
     taken as it is, else None). Only candidates whose simulation ends within
     THROUGHPUT_FLOOR of the fastest one's span are judged: deadlines are not bought with the
-    throughput the whole job pays for. If deadline order at some max_num_seqs meets every
-    deadline, the one that ends first is it. Else every (max_num_seqs, early profile)
+    throughput the whole job pays for. If deadline order at the fastest max_num_seqs meets
+    every deadline, it is taken. Else every (max_num_seqs, early profile)
     candidate is judged by demoting under it (_order_by_simulation) and simulating: most
     deadlines met, then the earliest end. Each starts once its KV cache is allocated
     (`alloc`: a cache for 256 rows starts seconds later on a CPU). On a large job every
@@ -294,34 +294,43 @@ def _search(rows, running, seqs_options, limits_for, step, start_s, progress, al
         plain.append((_met(head, sim), sim.end_s or begin, lim, sim))
     fast_enough = _within_floor([p[1] for p in plain], start_s)
     plain = [p for p in plain if fast_enough(p[1])]
-    met, _, lim, sim = max(plain, key=lambda p: (p[0], -p[1]))
-    if met == _with_deadline(head):  # deadline order may do: check every row when the head was judged
+    met, end, lim, sim = max(plain, key=lambda p: (p[0], -p[1]))
+    # deadline order at the fastest max_num_seqs may do (a slower one that meets every deadline
+    # is judged with the early profiles below: a cap on the first rows at a higher max_num_seqs
+    # may meet them too, and end sooner); check every row when only the head was judged
+    if met == _with_deadline(head) and end <= min(p[1] for p in plain):
         if len(head) < len(edf):
             sim = _simulate([*running, *edf], lim, step, start_s + alloc(lim), progress)
         if _met(edf, sim) == _with_deadline(edf):
             return lim, edf, [], sim
     best = None
     for _, _, base, _ in plain:  # a cap only lowers concurrency: slower seqs stay out
-        for cap, share in EARLY_PROFILES:
-            if cap is not None and cap >= base.max_num_seqs:
+        for divisor, share in EARLY_PROFILES:
+            cap = base.max_num_seqs // divisor if divisor else None
+            if cap is not None and cap < 1:
                 continue
-            probe = replace(base, early_cap=cap, early_rows=len(head) if cap else 0)
+            probe = replace(base, early_cap=cap, early_rows=_early_rows(share, head, running) if cap else 0)
             begin = start_s + alloc(base)
             kept, late = _order_by_simulation(head, probe, step, begin, running, progress)
-            lim = replace(probe, early_rows=math.ceil(share * len(kept)) if cap else 0)
+            lim = replace(probe, early_rows=_early_rows(share, kept, running) if cap else 0)
             order = [*running, *kept, *_late_order(late)]
             sim = _simulate(order, lim, step, begin, progress)
             if cap is not None and not fast_enough(sim.end_s or begin):
                 continue
-            key = (-_met(order, sim), sim.end_s or 0.0)
+            key = (-_met(order, sim), sim.end_s or 0.0, base.max_num_seqs)  # ties: the smaller cache
             if best is None or key < best[0]:
                 best = (key, probe, share, kept, late)
     _, probe, share, kept, late = best
     if len(head) < len(edf):  # order every row under the limits chosen on the head
-        probe = replace(probe, early_rows=len(edf) if probe.early_cap else 0)
+        probe = replace(probe, early_rows=_early_rows(share, edf, running) if probe.early_cap else 0)
         kept, late = _order_by_simulation(edf, probe, step, start_s + alloc(probe), running, progress)
-    lim = replace(probe, early_rows=math.ceil(share * len(kept)) if probe.early_cap else 0)
+    lim = replace(probe, early_rows=_early_rows(share, kept, running) if probe.early_cap else 0)
     return lim, kept, late, None
+
+
+def _early_rows(share: float, rows: Sequence[Query], running: Sequence[Query]) -> int:
+    """The ranks an early cap holds: the running rows (they rank first) and `share` of `rows`."""
+    return len(running) + math.ceil(share * len(rows))
 
 
 def _with_deadline(rows: Sequence[Query]) -> int:

@@ -84,6 +84,8 @@ def run_plan(cfg: RunConfig, prepared: PreparedJob, planned: Planned,
     executor = Executor(engines, clock=clock, stop=interrupts.stop, fail_fast=cfg.fail_fast)
     tracker = RiskTracker(plan, set(todo))
     replanner = Replanner(cfg, planned, clock, tracker)
+    if ray is None and (from_start := replanner.at_start(set(todo))) is not None:
+        plan = from_start  # loading ended off the plan's clock: the rows planned from now
 
     def on_batch(results: list[RowResult], record: BatchRecord) -> None:
         folder.record(results)
