@@ -12,7 +12,7 @@ from uellm_cli.config import RunConfig
 from uellm_cli.jobs.results import BatchRecord, StepRecord
 from uellm_cli.plan.costmodel import CostModel
 from uellm_cli.plan.steptime import StepTimer, measured_over_modelled, step_timer
-from uellm_cli.plan.types import Plan
+from uellm_cli.plan.types import Plan, PlannedBatch
 from uellm_cli.run.planning import Planned
 
 
@@ -67,7 +67,7 @@ class Replanner:
         started at 25.0 s, which decides deadlines of 45-125 s; on a job of hours a few seconds
         are not worth planning 100,000 rows again); None when it ended on time."""
         now = self.clock()
-        mine = [b for b in self.plan.batches if any(i in pending for i in b.rows)]
+        mine = self._batches_of(pending)
         if not mine:
             return None
         first = min(b.start_s for b in mine)
@@ -91,14 +91,17 @@ class Replanner:
         if self.plan.stream:  # the rows just written against their forecast finish
             late_s = record.finished_s - (record.forecast_finish_s or record.finished_s)
         else:  # the next batch to start against its forecast start
-            late_s = now - min((b.start_s for b in self.plan.batches if any(i in pending for i in b.rows)),
-                               default=now)
+            late_s = now - min((b.start_s for b in self._batches_of(pending)), default=now)
         off_clock = abs(late_s) > max(1.0, self.TOLERANCE * now)
         if abs(factor / self.scale - 1.0) <= self.TOLERANCE and not off_clock:
             return None
         if self.planning_s > self.MAX_PLANNING_SHARE * now:
             return None
         return self._reschedule(pending, factor, now, progress)
+
+    def _batches_of(self, pending: set[int]) -> list[PlannedBatch]:
+        """The plan's batches that hold a row still to run."""
+        return [b for b in self.plan.batches if any(i in pending for i in b.rows)]
 
     def _factor(self, record: BatchRecord, steps: Sequence[StepRecord] | None) -> float | None:
         """Actual / cost model. A stream engine that records its steps: their measured time
