@@ -322,6 +322,36 @@ def _stream(engine, plan, rows, **kw):
     return got
 
 
+class Feeding(ScriptedStream):
+    """Gives requests as `in_flight` allows (as VLLMStream does) and ends the earliest given
+    one each step; records the step at which each was given."""
+
+    def run_stream(self, requests, *, clock, on_step, stop=None, in_flight=None):
+        pending, live, self.given = sorted(requests, key=lambda r: r.priority), [], {}
+        stats, step = StreamStats(), 0
+        while pending or live:
+            while pending and len(live) < max(1, in_flight(pending[0].priority)):
+                self.given[pending[0].index] = step
+                live.append(pending.pop(0))
+            req = live.pop(0)
+            step += 1
+            stats.steps += 1
+            on_step([StreamResult(req.index, Generated("x", 1, "stop"), clock(), clock())])
+        return stats
+
+
+def test_the_stream_executor_holds_demoted_rows_until_few_of_the_rest_are_left():
+    plan = _plan([[0, 1, 2, 3, 4]])
+    plan.stream = {0: StreamLimits(max_num_seqs=64, max_num_batched_tokens=4096, kv_cache_bytes=1,
+                                   kv_blocks=1, block_size=16, max_model_len=64, held_from=3,
+                                   held_release=1)}
+    engine = Feeding()
+    got = _stream(engine, plan, _prepared(5))
+    # rows 0-2 at once; 3 and 4 (demoted) once only one of them is left: after two have ended
+    assert engine.given == {0: 0, 1: 0, 2: 0, 3: 2, 4: 2}
+    assert sorted(r.index for g, _ in got for r in g) == [0, 1, 2, 3, 4]
+
+
 def test_stream_executor_queues_rows_in_plan_order_and_writes_small_groups(monkeypatch):
     monkeypatch.setattr(stream_executor, "FLUSH_ROWS", 2)
     monkeypatch.setattr(stream_executor, "FLUSH_S", 1e9)
@@ -590,6 +620,26 @@ def test_vllm_requests_not_started_can_be_reordered_mid_stream(vllm_model):
     assert order == [0, 4, 3, 2, 1]
     assert moved == [3]  # row 2 keeps its priority: it is not queued again
     assert engine.reprioritize({1: 0}) == 0  # outside a stream: nothing to move
+
+
+def test_vllm_is_given_the_demoted_rows_once_the_rows_before_them_have_ended(vllm_model):
+    """A plan holding rows 2-4 back (held_from=2): real vLLM, room for all five at once,
+    starts them only after rows 0 and 1 have finished."""
+    from uellm_cli.engine.models import load_tokenizer, resolve_model
+
+    resolved = resolve_model(str(vllm_model))
+    llm = vllm_engine.start_llm(vllm_engine.VLLMSettings(
+        model=str(resolved.path), replicas=(0,), dtype="float32", max_model_len=512,
+        kv_cache_bytes=32 << 20, max_num_seqs=8))
+    engine = vllm_engine.VLLMEngine(load_tokenizer(resolved), llm)
+    plan = _plan([[0, 1, 2, 3, 4]])
+    plan.stream = {0: StreamLimits(max_num_seqs=8, max_num_batched_tokens=4096, kv_cache_bytes=32 << 20,
+                                   kv_blocks=256, block_size=128, max_model_len=512, held_from=2)}
+    got = {r.index: r for g, _ in _stream(engine, plan, _prepared(5)) for r in g}
+    assert all(r.status == "ok" for r in got.values())
+    first = max(got[0].finished_s, got[1].finished_s)
+    assert min(got[i].started_s for i in (2, 3, 4)) > first
+    assert got[0].started_s == got[1].started_s  # the rows not held start together
 
 
 def test_vllm_refused_request_is_an_error_row_and_the_rest_run(vllm_model):

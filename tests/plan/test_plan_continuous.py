@@ -83,16 +83,19 @@ def test_limits_hold_the_largest_rows_at_full_length_and_never_less_than_one():
     assert tight.kv_cache_bytes >= 2000 * 1000 and tight.block_size == 16  # one whole request
 
 
-@pytest.mark.parametrize(("rows", "seqs", "budget", "blocks", "block", "early"), [
-    (50, 32, 512, 800, 16, None),  # plenty of blocks: the lazy set takes most steps
-    (400, 32, 512, 800, 16, None),
-    (300, 64, 256, 300, 16, None),  # blocks and budget tight: preemptions, rows going without
-    (200, 16, 4096, 120, 128, 4),  # CPU-sized blocks, an early cap
-    (120, 8, 64, 10_000, 16, None),  # prompts longer than the budget: chunked prefills
-    (300, 128, 4096, 400, 16, None),  # decoding rows run out of blocks: preemptions in the set
-    (200, 256, 4096, 60, 128, None),
+@pytest.mark.parametrize(("rows", "seqs", "budget", "blocks", "block", "early", "held"), [
+    (50, 32, 512, 800, 16, None, None),  # plenty of blocks: the lazy set takes most steps
+    (400, 32, 512, 800, 16, None, None),
+    (300, 64, 256, 300, 16, None, None),  # blocks and budget tight: preemptions, rows going without
+    (200, 16, 4096, 120, 128, 4, None),  # CPU-sized blocks, an early cap
+    (120, 8, 64, 10_000, 16, None, None),  # prompts longer than the budget: chunked prefills
+    (300, 128, 4096, 400, 16, None, None),  # decoding rows run out of blocks: preemptions in the set
+    (200, 256, 4096, 60, 128, None, None),
+    (200, 64, 4096, 300, 16, 8, (120, 0)),  # the last rows held until the rest have ended
+    (300, 32, 512, 300, 16, None, (150, 10)),  # held until 10 are left, preemptions
 ])
-def test_the_lazy_decoding_set_gives_the_row_by_row_schedule(rows, seqs, budget, blocks, block, early):
+def test_the_lazy_decoding_set_gives_the_row_by_row_schedule(rows, seqs, budget, blocks, block, early,
+                                                             held):
     """Decoding rows are advanced as a set; the result must be what single steps give, row
     by row, whatever the limits (the reference is simulate(fast=False))."""
     import random
@@ -103,6 +106,8 @@ def test_the_lazy_decoding_set_gives_the_row_by_row_schedule(rows, seqs, budget,
     reqs = [r if r.output_tokens > r.generated else replace(r, generated=0) for r in reqs]
     lim = replace(_limits(seqs=seqs, budget=budget, blocks=blocks, block=block),
                   early_cap=early, early_rows=rows // 3 if early else 0)
+    if held is not None:
+        lim = replace(lim, held_from=held[0], held_release=held[1])
 
     def timer(p, a, d, c, s):
         return 0.01 + 0.001 * d + 1e-6 * c + 1e-4 * p + 1e-8 * a + 1e-5 * s
@@ -122,6 +127,25 @@ def test_an_early_cap_holds_the_first_rows_to_fewer_at_once():
     assert [r.start_s[i] for i in range(4)] == [0.0, 2.0, 2.0, 2.0]
     assert [r.finish_s[i] for i in range(4)] == [2.0, 4.0, 4.0, 4.0]
     assert steps.held[0] == (4, 0, 1) and steps.held[2] == (12, 0, 3)
+
+
+def test_held_rows_wait_until_the_rows_before_them_have_ended():
+    steps = Steps()
+    held = replace(_limits(seqs=8), held_from=2)
+    r = simulate(_rows((4, 5), (4, 2), (4, 2), (4, 2)), held, steps)
+    # rows 0 and 1 start at once; rows 2 and 3 (held) wait for both, though slots are free
+    assert [r.start_s[i] for i in range(4)] == [0.0, 0.0, 5.0, 5.0]
+    assert [r.finish_s[i] for i in range(4)] == [5.0, 2.0, 7.0, 7.0]
+    assert steps.held[2] == (0, 1, 1)  # row 0 decodes alone while the held rows wait
+
+
+def test_held_rows_are_let_in_once_few_enough_of_the_others_are_left():
+    held = replace(_limits(seqs=8), held_from=3, held_release=1)
+    r = simulate(_rows((4, 6), (4, 2), (4, 3), (4, 2)), held, Steps())
+    # row 3 waits while more than one of rows 0-2 is unfinished: it joins when row 2 ends
+    assert r.start_s[3] == 3.0 and r.finish_s[3] == 5.0
+    every = simulate(_rows((4, 6), (4, 2), (4, 3), (4, 2)), replace(held, held_release=3), Steps())
+    assert every.start_s[3] == 0.0  # a release as large as the rows before it holds nothing
 
 
 def test_rows_already_running_keep_their_kv_and_tokens():

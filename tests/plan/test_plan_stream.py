@@ -145,6 +145,51 @@ def test_a_slower_concurrency_within_the_floor_is_taken_for_its_deadlines():
     assert sim.end_s <= all_at_once.end_s / sf.THROUGHPUT_FLOOR
 
 
+def test_demoted_rows_are_held_back_when_running_beside_the_rest_costs_those_deadlines(monkeypatch):
+    """100 rows of 100 tokens, deadlines 20-21 s, 64 at once, a step costing 5 ms a row: 32
+    rows at once make 20 s. Demoted rows let in as slots free up run beside the kept ones (the
+    best the plan finds that way: 16 at once for the first rows, 16 on time); held back until
+    few kept ones are left, 32 make it, within the floor."""
+    def per_row(_p, _a, decode_rows, _c, _s) -> float:
+        return 0.05 + 0.005 * decode_rows
+
+    rows = [query(i, prompt=8, pred=100, deadline=20.0 if i < 40 else 21.0) for i in range(100)]
+
+    def searched():
+        lim, kept, late, _ = sf._search(rows, [], (64,), _limits_for, per_row, 0.0, {})
+        return lim, kept, sf._simulate(kept + sf._late_order(late), lim, per_row, 0.0)
+
+    lim, kept, sim = searched()
+    assert lim.held_from == len(kept) and sf._met(rows, sim) == len(kept) > 0
+    fastest = sf._simulate(sorted(rows, key=sf.edf_key), _limits_for(64), per_row, 0.0)
+    assert sim.end_s <= fastest.end_s / sf.THROUGHPUT_FLOOR
+    monkeypatch.setattr(sf, "HOLD_RELEASES", ())
+    unheld, _, unheld_sim = searched()
+    assert unheld.held_from is None and sf._met(rows, unheld_sim) < sf._met(rows, sim)
+
+
+def test_a_plan_kept_from_its_own_start_meets_what_it_forecast():
+    """still_met simulates a plan's rows in its order and ranks under its limits (early cap,
+    demoted rows held): from the plan's own start and state, that is its own forecast."""
+    from uellm_cli.plan.costmodel import CostModel
+
+    model = llama_like(layers=8, hidden=1024, heads=8, kv_heads=8, inter=2816)
+    gpus = cluster([gpu(0, mem_gb=24)])
+    rows = [query(i, prompt=200, pred=120 + 40 * (i % 3), deadline=0.6 + 0.02 * i) for i in range(300)]
+    plan = make_plan(rows, model, gpus, engine="vllm")
+    met = sum(1 for f in plan.forecast.values() if f.slo_met)
+    assert 0 < met < len(rows)  # some rows demoted: a plan with something to keep
+    cost = CostModel(model, gpus)
+    start = min(f.start_s for f in plan.forecast.values())
+    queries = {q.index: q for q in rows}
+    kept = sf.still_met(plan.batches, plan.stream, queries, plan.deployment.replicas, cost,
+                        start_s=start, progress={})
+    assert kept == met
+    later = sf.still_met(plan.batches, plan.stream, queries, plan.deployment.replicas, cost,
+                         start_s=start + 0.3, progress={})
+    assert later < met  # the same plan started later meets fewer
+
+
 def test_a_revised_plan_chooses_how_many_run_at_once_again_under_the_engines_limits():
     """While the job runs, max_num_seqs and the KV cache are the engine's, but how many rows we
     feed it at once is ours: a cap the first plan set for its tight rows is dropped once the

@@ -4,6 +4,7 @@ real start when loading ends off the plan's clock."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -30,8 +31,9 @@ class Clock:
         return self.now
 
 
-def _replanner(start: float = 10.0) -> tuple[Replanner, Clock]:
-    rows = [query(i, prompt=200, pred=100 + 20 * (i % 4), deadline=12.0 + i) for i in range(40)]
+def _replanner(start: float = 10.0, slack: float = 2.0, apart: float = 1.0) -> tuple[Replanner, Clock]:
+    rows = [query(i, prompt=200, pred=100 + 20 * (i % 4), deadline=start + slack + apart * i)
+            for i in range(40)]
     plan = make_plan(rows, MODEL, GPU, engine="vllm", start_offset_s=start, roofline=ROOF)
     planned = Planned(plan, {q.index: q for q in rows}, MODEL, Target(GPU, "vllm", {}))
     clock = Clock(start)
@@ -39,7 +41,7 @@ def _replanner(start: float = 10.0) -> tuple[Replanner, Clock]:
                      RiskTracker(plan, set(planned.queries))), clock
 
 
-def _steps(replanner: Replanner, slower: float, n: int = 50) -> list[StepRecord]:
+def _steps(replanner: Replanner, slower: float, n: int = Replanner.MIN_STEPS) -> list[StepRecord]:
     """Decode steps of 32 rows over 300 tokens each, taking `slower` x the model's time."""
     timer = step_timer(CostModel(MODEL, GPU, None, ROOF), replanner.plan.deployment.replicas[0])
     return [StepRecord(0, 0.0, 32, 32 * 300.0, 32, slower * timer(0, 0.0, 32, 32 * 300.0, 32))
@@ -61,19 +63,29 @@ def test_measured_over_modelled_is_the_ratio_of_summed_step_times():
     assert measured_over_modelled([], lambda *a: 1.0) is None
 
 
-def _first_rows_done(late_s: float) -> tuple[Replanner, Clock, BatchRecord, set[int]]:
+def _first_rows_done(late_s: float, **deadlines) -> tuple[Replanner, Clock, BatchRecord, set[int]]:
     """A run whose first four rows to finish were just written, `late_s` after their forecast;
     they started at 0 s, long before their forecast start (as when a re-plan forecasts the rows
     running from when it is made), so their durations say nothing of the speed."""
-    replanner, clock = _replanner()
+    replanner, clock = _replanner(**deadlines)
     first = sorted(replanner.plan.forecast, key=lambda i: replanner.plan.forecast[i].finish_s)[:4]
     record = _record(replanner, first, late_s=late_s, started_s=0.0)
     clock.now = record.finished_s
     return replanner, clock, record, set(replanner.plan.forecast) - set(first)
 
 
+TIGHT = {"slack": 0.5, "apart": 0.05}  # deadlines a row apart at one row at a time
+
+
+def _capped(replanner: Replanner) -> None:
+    """The plan as if it fed the engine one row at a time: kept, it misses most deadlines."""
+    plan = replanner.plan
+    replanner.plan = replace(plan, stream={0: replace(plan.stream[0], early_cap=1, early_rows=1000)})
+
+
 def test_a_stream_is_rescheduled_at_the_speed_its_steps_ran():
-    replanner, clock, record, pending = _first_rows_done(late_s=0.0)
+    replanner, clock, record, pending = _first_rows_done(late_s=0.0, **TIGHT)
+    _capped(replanner)
     first_plan = replanner.plan
     plan = replanner(pending, record, progress={}, steps=_steps(replanner, 1.3))
     assert plan is not None and replanner.scale == pytest.approx(1.3)
@@ -92,8 +104,30 @@ def test_a_stream_on_the_plans_clock_and_speed_is_left_alone():
     assert replanner(pending, record, progress={}, steps=_steps(replanner, 1.05)) is None
     # without steps the factor stays where it is; only being off the clock re-plans
     assert replanner(pending, record, progress={}) is None
+    assert replanner.replans == replanner.kept == 0
     replanner, _, late, pending = _first_rows_done(late_s=6.0)
-    assert replanner(pending, late, progress={}) is not None and replanner.scale == 1.0
+    replanner(pending, late, progress={})  # planned again (taken or not: still_met decides)
+    assert replanner.replans + replanner.kept == 1 and replanner.scale == 1.0
+
+
+def test_too_few_steps_leave_the_speed_factor_where_it_is():
+    """An engine's first steps run slow (warm-up, prefill-heavy): a factor from them gave up
+    rows that made it."""
+    replanner, _, record, pending = _first_rows_done(late_s=0.0)
+    few = _steps(replanner, 1.7, n=Replanner.MIN_STEPS - 1)
+    assert replanner(pending, record, progress={}, steps=few) is None and replanner.scale == 1.0
+
+
+def test_a_revision_that_meets_no_more_deadlines_than_the_plan_kept_is_not_taken():
+    replanner, _, record, pending = _first_rows_done(late_s=0.0, **TIGHT)
+    first_plan = replanner.plan
+    assert replanner(pending, record, progress={}, steps=_steps(replanner, 1.3)) is None
+    assert replanner.plan is first_plan and replanner.kept == 1 and replanner.scale == pytest.approx(1.3)
+    assert "1 revision(s) not taken" in replanner.note()
+    # the same revision of a plan that, kept, misses more is taken
+    _capped(replanner)
+    replanner.scale = 1.0
+    assert replanner(pending, record, progress={}, steps=_steps(replanner, 1.3)) is not None
 
 
 def test_the_plan_is_made_again_from_the_real_start_when_loading_ends_off_its_clock():

@@ -24,7 +24,7 @@ from uellm_cli.engine.base import (
 from uellm_cli.engine.rows import PreparedRow, error_result, ok_result
 from uellm_cli.errors import UellmError
 from uellm_cli.jobs.results import BatchRecord, RowResult
-from uellm_cli.plan.types import Plan
+from uellm_cli.plan.types import Plan, StreamLimits
 
 FLUSH_ROWS = 16
 FLUSH_S = 1.0
@@ -97,19 +97,13 @@ def _run_group(executor, plan, rows, on_batch, replica, engine, indexes, counter
                               max_new_tokens=rows[i].row.max_new_tokens,
                               sampling=rows[i].row.sampling, priority=rank)
                 for rank, i in enumerate(indexes)]
-    flusher = _Flusher(executor, plan, rows, on_batch, replica, counter)
-    if replan is not None:
-        flusher.after_flush = _Reorder(engine, replan, set(indexes), flusher)
-    hold = {}
     limits = plan.stream.get(replica)
-    if limits is not None and limits.early_cap:  # few at once for the earliest rows, then all
-        def in_flight(rank: int) -> int:  # the revised plan's rule, once there is one
-            now = flusher.plan.stream.get(replica) or limits
-            return now.early_cap if now.early_cap and rank < now.early_rows else now.max_num_seqs
-
-        hold["in_flight"] = in_flight
+    feed = _Feed(limits, indexes) if limits is not None else None
+    flusher = _Flusher(executor, plan, rows, on_batch, replica, counter, feed)
+    if replan is not None:
+        flusher.after_flush = _Reorder(engine, replan, set(indexes), flusher, feed, replica)
     stats = engine.run_stream(requests, clock=executor.clock, on_step=flusher.add,
-                              stop=executor.stop, **hold)
+                              stop=executor.stop, **({"in_flight": feed} if feed else {}))
     with executor.lock:
         executor.step_log.extend(stats.step_log)
     flusher.flush()
@@ -120,12 +114,40 @@ def _run_group(executor, plan, rows, on_batch, replica, engine, indexes, counter
         raise UellmError(f"row {r.id} failed ({r.error_code}): {r.error_message} (--fail-fast)")
 
 
+class _Feed:
+    """How many rows the engine may hold while the next row to give it has a given rank, by the
+    plan's limits (the latest plan's, once revised): at most early_cap for the first
+    early_rows, none of the demoted rows (from held_from) while more than held_release of the
+    rows ranked before them are unfinished, else max_num_seqs."""
+
+    def __init__(self, limits: StreamLimits, order: list[int]):
+        self.limits = limits
+        self.waited_for: set[int] = set()  # unfinished rows ranked before held_from
+        self.follow(limits, order)
+
+    def follow(self, limits: StreamLimits, order: list[int]) -> None:
+        """A plan's limits, with `order` its rows not finished in rank order."""
+        self.limits = limits
+        self.waited_for = set(order[:limits.held_from]) if limits.held_from is not None else set()
+
+    def ended(self, indexes: Iterable[int]) -> None:
+        self.waited_for.difference_update(indexes)
+
+    def __call__(self, rank: int) -> int:
+        lim = self.limits
+        if lim.held_from is not None and rank >= lim.held_from and len(self.waited_for) > lim.held_release:
+            return 0
+        return lim.early_cap if lim.early_cap and rank < lim.early_rows else lim.max_num_seqs
+
+
 class _Reorder:
     """After each written group: ask the replanner for a new plan of the rows not done, and
     give the engine the new order as priorities (it re-queues the rows not started yet)."""
 
-    def __init__(self, engine, replan: Replanner, pending: set[int], flusher: _Flusher):
+    def __init__(self, engine, replan: Replanner, pending: set[int], flusher: _Flusher,
+                 feed: _Feed | None, replica: int):
         self.engine, self.replan, self.pending, self.flusher = engine, replan, pending, flusher
+        self.feed, self.replica = feed, replica
 
     def __call__(self, results: list[RowResult], record: BatchRecord) -> None:
         self.pending.difference_update(r.index for r in results)
@@ -143,6 +165,8 @@ class _Reorder:
         if plan is not None:
             self.flusher.plan = plan  # later groups are compared with the revised forecast
             order = plan_order(plan, self.pending)
+            if self.feed is not None:
+                self.feed.follow(plan.stream.get(self.replica) or self.feed.limits, order)
             self.engine.reprioritize({i: rank for rank, i in enumerate(order)})
 
 
@@ -163,15 +187,19 @@ class _Counter:
 class _Flusher:
     """Collects finished rows and hands them to on_batch every FLUSH_ROWS rows or FLUSH_S s."""
 
-    def __init__(self, executor, plan, rows, on_batch, replica: int, counter: _Counter):
+    def __init__(self, executor, plan, rows, on_batch, replica: int, counter: _Counter,
+                 feed: _Feed | None = None):
         self.executor, self.plan, self.rows = executor, plan, rows
         self.on_batch, self.replica, self.counter = on_batch, replica, counter
+        self.feed = feed  # told of every row that ends, before the engine is fed again
         self.pending: list[RowResult] = []
         self.last = executor.clock()
         self.first_error: RowResult | None = None
         self.after_flush = None  # called with each group once it is written
 
     def add(self, ended: list[StreamResult]) -> None:
+        if self.feed is not None:
+            self.feed.ended(r.index for r in ended)
         for r in ended:
             res = self._row_result(r)
             self.pending.append(res)

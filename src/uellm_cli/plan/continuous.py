@@ -24,6 +24,7 @@ threshold (0 by default), async scheduling and multi-step overlap, pipeline-para
 from __future__ import annotations
 
 import heapq
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from operator import attrgetter
@@ -121,16 +122,24 @@ def simulate(requests: Sequence[SimRequest], limits: StreamLimits, step: StepTim
              start_s: float = 0.0, max_running: int | None = None, fast: bool = True) -> SimResult:
     """Run the scheduler's rules (module docstring) over `requests`, all waiting at `start_s`.
     `max_running`: our own cap on rows running at once (we feed the engine), at most
-    limits.max_num_seqs; limits.early_cap holds the first limits.early_rows (by rank) to fewer.
-    `fast=False` runs every step through the rules one row at a time (the reference the fast
-    path is tested against)."""
+    limits.max_num_seqs; limits.early_cap holds the first limits.early_rows (by rank) to fewer,
+    and rows ranked from limits.held_from on wait until at most limits.held_release of the rows
+    ranked before them are left unfinished. `fast=False` runs every step through the rules one
+    row at a time (the reference the fast path is tested against)."""
     top = min(limits.max_num_seqs, max_running or limits.max_num_seqs)
     early = min(top, limits.early_cap or top)
+    held_from = limits.held_from
 
     def cap(rank: int) -> int:
+        if held_from is not None and rank >= held_from and sim.held_left > limits.held_release:
+            return 0  # (the rows it waits for are running: they rank before it)
         return early if rank < limits.early_rows else top
 
     sim = _Sim(limits, step, cap, start_s)
+    if held_from is not None:
+        sim.held_from = held_from
+        sim.held_rows = {r.index for r in requests if r.priority < held_from}
+        sim.held_left = len(sim.held_rows)
     for i, r in enumerate(requests):
         live = _Live(r, i)
         if not r.generated:
@@ -167,6 +176,10 @@ class _Sim:
         self.now = start_s
         self.result = SimResult({}, {}, 0, 0)
         self.waiting: list = []
+        # rows ranked from held_from on wait for held_left of the held_rows (ranked before) to end
+        self.held_from = 0
+        self.held_rows: set[int] = set()
+        self.held_left = 0
         self.running: dict[_Live, None] = {}  # admission order (vLLM's running list)
         self.explicit: dict[_Live, None] = {}  # the running rows not in the lazy set
         self.steps = 0  # steps run so far: the clock of the lazy set
@@ -368,6 +381,8 @@ class _Sim:
 
     def _leave(self, live: _Live) -> None:
         self.result.finish_s[live.req.index] = self.now
+        if live.req.priority < self.held_from:
+            self.held_left -= 1
         self.free += live.blocks
         live.blocks = 0
         del self.running[live]
@@ -378,8 +393,12 @@ class _Sim:
     def _slow_step(self) -> None:
         self._materialize()
         running = list(self.running)
+        done = len(self.result.finish_s)
         self.now, self.free = _step(running, self.waiting, self.cap, self.free, self.block,
                                     self.limits, self.step, self.now, self.result)
+        if self.held_left and len(self.result.finish_s) > done:  # finish_s keeps insertion order
+            self.held_left -= sum(1 for i in itertools.islice(self.result.finish_s, done, None)
+                                  if i in self.held_rows)
         self.running = dict.fromkeys(running)
         self.explicit = dict(self.running)
         self.steps += 1

@@ -115,6 +115,12 @@ class StreamLimits:
     # order run at most `early_cap` at once, the rest up to max_num_seqs.
     early_cap: int | None = None
     early_rows: int = 0
+    # Rows from this rank on (the plan's demoted rows) are given to the engine only once at most
+    # `held_release` of the rows ranked before them are left unfinished: run beside those, they
+    # would take slots and step time from rows that can still meet their deadlines; let in as
+    # the last few run, they keep the engine full (None: no row is held).
+    held_from: int | None = None
+    held_release: int = 0
 
 
 @dataclass(slots=True, frozen=True)

@@ -6,7 +6,7 @@ from __future__ import annotations
 from rich.table import Table
 
 from uellm_cli.plan.replicas import tied_head_modules, usable_bytes
-from uellm_cli.plan.types import Plan, Query
+from uellm_cli.plan.types import Plan, Query, StreamLimits
 from uellm_cli.profile.devices import Cluster
 from uellm_cli.profile.model_profile import ModelProfile
 from uellm_cli.report.formats import fmt_bytes, fmt_pct, fmt_rate, fmt_s
@@ -112,12 +112,20 @@ def _stream_table(plan: Plan) -> Table:
         lim = plan.stream.get(r.index)
         if lim is None:
             continue
-        held = f"{lim.early_cap} at once for {lim.early_rows}" if lim.early_cap else "no"
+        held = _held_back(lim)
         t.add_row(str(r.index), str(sum(len(b.rows) for b in bs)), str(lim.max_num_seqs),
                   str(lim.max_num_batched_tokens), f"{lim.kv_blocks} x {lim.block_size}", held,
                   fmt_s(min((b.start_s for b in bs), default=None)),
                   fmt_s(max((b.finish_s for b in bs), default=None)))
     return t
+
+
+def _held_back(lim: StreamLimits) -> str:
+    """What we hold back from the engine, e.g. '32 at once for 91; rows from rank 154 until 32 left'."""
+    parts = [f"{lim.early_cap} at once for {lim.early_rows}"] if lim.early_cap else []
+    if lim.held_from is not None:
+        parts.append(f"rows from rank {lim.held_from} until {lim.held_release} left")
+    return "; ".join(parts) or "no"
 
 
 def _missed_table(plan: Plan, queries: dict[int, Query]) -> Table | str:

@@ -12,7 +12,7 @@ from uellm_cli.config import RunConfig
 from uellm_cli.jobs.results import BatchRecord, StepRecord
 from uellm_cli.plan.costmodel import CostModel
 from uellm_cli.plan.steptime import StepTimer, measured_over_modelled, step_timer
-from uellm_cli.plan.types import Plan, PlannedBatch
+from uellm_cli.plan.types import Plan, PlannedBatch, Query
 from uellm_cli.run.planning import Planned
 
 
@@ -45,6 +45,10 @@ class Replanner:
 
     WINDOW = 5  # batches whose median actual / forecast is the factor (static batches)
     STEP_WINDOW = 256  # engine steps the factor is measured over (a stream engine)
+    # ... once it has run this many: the first steps run slow (x1.6 the step model over the
+    # first 4 on a 2-core CPU, x1.1-1.3 the next 30), and a re-plan at x1.7 after 7 steps gave
+    # up rows that could make it (alpaca-200 at 0.3 of its deadlines: that run met 45.5%)
+    MIN_STEPS = 64
     TOLERANCE = 0.10
     START_TOLERANCE_S = 1.0
     START_SHARE = 0.02
@@ -59,6 +63,7 @@ class Replanner:
         self.next_batch = max((b.batch for b in self.plan.batches), default=-1) + 1
         self.planning_s = 0.0
         self.replans = 0
+        self.kept = 0  # revisions not taken: they met no more deadlines than the plan kept
 
     def at_start(self, pending: set[int]) -> Plan | None:
         """The plan of `pending` again from the real start, when loading ended off the plan's
@@ -97,7 +102,7 @@ class Replanner:
             return None
         if self.planning_s > self.MAX_PLANNING_SHARE * now:
             return None
-        return self._reschedule(pending, factor, now, progress)
+        return self._reschedule(pending, factor, now, progress, judged=True)
 
     def _batches_of(self, pending: set[int]) -> list[PlannedBatch]:
         """The plan's batches that hold a row still to run."""
@@ -111,6 +116,8 @@ class Replanner:
         job, which scaled a re-plan x4.8 and set rows aside that could make it. A stream
         engine without steps keeps the factor it has. Static batches: the median actual /
         forecast of the last WINDOW batches."""
+        if steps and len(steps) < self.MIN_STEPS:
+            return self.scale
         if steps:
             return measured_over_modelled(steps[-self.STEP_WINDOW:], self._timer(record.replica))
         if self.plan.stream:
@@ -130,27 +137,51 @@ class Replanner:
         return step_timer(cost, next((r for r in replicas if r.index == replica), replicas[0]))
 
     def _reschedule(self, pending: set[int], factor: float, now: float,
-                    progress: dict[int, int] | None) -> Plan:
+                    progress: dict[int, int] | None, *, judged: bool = False) -> Plan | None:
+        """The revised plan; `judged` (a stream plan revised while it runs): None when it meets
+        no more deadlines than the current one kept (plan/stream_forecast.still_met). The plan
+        made again at the real start is taken as it is: it is the first plan, made knowing when
+        the engine starts."""
         from uellm_cli.plan.planner import reschedule
 
         t = time.perf_counter()
         planned = self.planned
-        plan = reschedule([planned.queries[i] for i in sorted(pending)], self.plan, planned.model,
+        queries = [planned.queries[i] for i in sorted(pending)]
+        plan = reschedule(queries, self.plan, planned.model,
                           planned.target.cluster, calibrations=planned.target.calibrations,
                           time_scale=factor, start_s=now, max_batch_size=self.cfg.max_batch_size,
                           roofline=planned.target.roofline, progress=progress)
+        worse = judged and self.plan.stream and not self._better(plan, queries, factor, now, progress or {})
         self.planning_s += time.perf_counter() - t
+        if worse:
+            self.scale = factor
+            self.kept += 1
+            return None
         self._renumber(plan)
         self.scale, self.plan = factor, plan
         self.tracker.plan = plan
         self.replans += 1
         return plan
 
+    def _better(self, revised: Plan, queries: list[Query], factor: float, now: float,
+                progress: dict[int, int]) -> bool:
+        """Does `revised` meet more deadlines than the current plan kept, timed alike?"""
+        from uellm_cli.plan.stream_forecast import still_met
+
+        target = self.planned.target
+        cost = CostModel(self.planned.model, target.cluster, target.calibrations, target.roofline,
+                         time_scale=factor)
+        kept = still_met(self.plan.batches, self.plan.stream, {q.index: q for q in queries},
+                         self.plan.deployment.replicas, cost, start_s=now, progress=progress)
+        return sum(1 for f in revised.forecast.values() if f.slo_met) > kept
+
     def note(self) -> str | None:
         """What the plan's notes say of the rescheduling, if any happened."""
-        if not self.replans:
+        if not self.replans and not self.kept:
             return None
-        return (f"rescheduled {self.replans} time(s) while running; batches ran "
+        kept = (f" ({self.kept} revision(s) not taken: they met no more deadlines than the plan "
+                "kept)") if self.kept else ""
+        return (f"rescheduled {self.replans} time(s) while running{kept}; batches ran "
                 f"x{self.scale:.2f} the cost model's forecast")
 
     def _renumber(self, plan: Plan) -> None:
