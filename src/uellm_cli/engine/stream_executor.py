@@ -115,29 +115,24 @@ def _run_group(executor, plan, rows, on_batch, replica, engine, indexes, counter
 
 
 class _Feed:
-    """How many rows the engine may hold while the next row to give it has a given rank, by the
-    plan's limits (the latest plan's, once revised): at most early_cap for the first
-    early_rows, none of the demoted rows (from held_from) while more than held_release of the
-    rows ranked before them are unfinished, else max_num_seqs."""
+    """How many rows the engine may hold while the next row to give it has a given rank: the
+    plan's rule (StreamLimits.in_flight, the latest plan's once revised), with the rows that
+    end counted off the ones the demoted rows wait for."""
 
     def __init__(self, limits: StreamLimits, order: list[int]):
-        self.limits = limits
-        self.waited_for: set[int] = set()  # unfinished rows ranked before held_from
         self.follow(limits, order)
 
     def follow(self, limits: StreamLimits, order: list[int]) -> None:
         """A plan's limits, with `order` its rows not finished in rank order."""
         self.limits = limits
+        # unfinished rows ranked before held_from
         self.waited_for = set(order[:limits.held_from]) if limits.held_from is not None else set()
 
     def ended(self, indexes: Iterable[int]) -> None:
         self.waited_for.difference_update(indexes)
 
     def __call__(self, rank: int) -> int:
-        lim = self.limits
-        if lim.held_from is not None and rank >= lim.held_from and len(self.waited_for) > lim.held_release:
-            return 0
-        return lim.early_cap if lim.early_cap and rank < lim.early_rows else lim.max_num_seqs
+        return self.limits.in_flight(rank, len(self.waited_for))
 
 
 class _Reorder:

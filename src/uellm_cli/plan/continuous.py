@@ -127,18 +127,13 @@ def simulate(requests: Sequence[SimRequest], limits: StreamLimits, step: StepTim
     ranked before them are left unfinished. `fast=False` runs every step through the rules one
     row at a time (the reference the fast path is tested against)."""
     top = min(limits.max_num_seqs, max_running or limits.max_num_seqs)
-    early = min(top, limits.early_cap or top)
-    held_from = limits.held_from
 
-    def cap(rank: int) -> int:
-        if held_from is not None and rank >= held_from and sim.held_left > limits.held_release:
-            return 0  # (the rows it waits for are running: they rank before it)
-        return early if rank < limits.early_rows else top
+    def cap(rank: int) -> int:  # a held row waits for running rows: they rank before it
+        return min(top, limits.in_flight(rank, sim.held_left))
 
     sim = _Sim(limits, step, cap, start_s)
-    if held_from is not None:
-        sim.held_from = held_from
-        sim.held_rows = {r.index for r in requests if r.priority < held_from}
+    if limits.held_from is not None:
+        sim.held_rows = {r.index for r in requests if r.priority < limits.held_from}
         sim.held_left = len(sim.held_rows)
     for i, r in enumerate(requests):
         live = _Live(r, i)
@@ -176,8 +171,7 @@ class _Sim:
         self.now = start_s
         self.result = SimResult({}, {}, 0, 0)
         self.waiting: list = []
-        # rows ranked from held_from on wait for held_left of the held_rows (ranked before) to end
-        self.held_from = 0
+        # the rows ranked before limits.held_from, and how many of them are unfinished
         self.held_rows: set[int] = set()
         self.held_left = 0
         self.running: dict[_Live, None] = {}  # admission order (vLLM's running list)
@@ -381,7 +375,7 @@ class _Sim:
 
     def _leave(self, live: _Live) -> None:
         self.result.finish_s[live.req.index] = self.now
-        if live.req.priority < self.held_from:
+        if live.req.index in self.held_rows:
             self.held_left -= 1
         self.free += live.blocks
         live.blocks = 0

@@ -216,11 +216,13 @@ def _with_progress(q: Query, generated: int) -> Query:
 
 
 def _simulate(order: Sequence[Query], limits: StreamLimits, step: StepTimer, start_s: float,
-              progress: Mapping[int, int] | None = None, *, expected: bool = False) -> SimResult:
-    """The rows of `order` on one engine; at their point lengths, or their means (`expected`)."""
+              progress: Mapping[int, int] | None = None, *, expected: bool = False,
+              ranks: Mapping[int, int] | None = None) -> SimResult:
+    """The rows of `order` on one engine; at their point lengths, or their means (`expected`).
+    Their ranks are their places in `order`, or `ranks` (a plan's, counted from its first row)."""
     progress = progress or {}
-    return simulate([SimRequest(q.index, q.prompt_tokens, max(1, _length(q, expected)), r,
-                                progress.get(q.index, 0))
+    return simulate([SimRequest(q.index, q.prompt_tokens, max(1, _length(q, expected)),
+                                ranks[q.index] if ranks is not None else r, progress.get(q.index, 0))
                      for r, q in enumerate(order)], limits, step, start_s=start_s)
 
 
@@ -320,10 +322,9 @@ def _search(rows, running, seqs_options, limits_for, step, start_s, progress, al
             sim = _simulate([*running, *edf], lim, step, start_s + alloc(lim), progress)
         if _met(edf, sim) == _with_deadline(edf):
             return lim, edf, [], sim
-    judged = []  # (key, limits, divisor, share, release, on-time rows, demoted rows)
+    judged = []  # (key, limits, early cap, share, release, on-time rows, demoted rows)
 
-    def judge(base: StreamLimits, divisor: int | None, share: float, release: int | None) -> None:
-        cap = base.max_num_seqs // divisor if divisor else None
+    def judge(base: StreamLimits, cap: int | None, share: float, release: int | None) -> None:
         if cap is not None and cap < 1:
             return
         probe = replace(base, early_cap=cap, early_rows=_early_rows(share, head, running) if cap else 0)
@@ -336,16 +337,15 @@ def _search(rows, running, seqs_options, limits_for, step, start_s, progress, al
         if (cap is not None or lim.held_from is not None) and not fast_enough(sim.end_s or begin):
             return
         key = (-_met(order, sim), sim.end_s or 0.0, base.max_num_seqs)  # ties: the smaller cache
-        judged.append((key, base, divisor, share, release, kept, late))
+        judged.append((key, base, cap, share, release, kept, late))
 
     for _, _, base, _ in plain:  # a cap only lowers concurrency: slower seqs stay out
         for divisor, share in EARLY_PROFILES:
-            judge(base, divisor, share, None)
-    for _, base, divisor, share, _, _, late in sorted(judged, key=itemgetter(0))[:HOLD_TRIALS]:
+            judge(base, base.max_num_seqs // divisor if divisor else None, share, None)
+    for _, base, cap, share, _, _, late in sorted(judged, key=itemgetter(0))[:HOLD_TRIALS]:
         for held in HOLD_RELEASES if late else ():
-            judge(base, divisor, share, int(held * base.max_num_seqs))
-    _, base, divisor, share, release, kept, late = min(judged, key=itemgetter(0))
-    cap = base.max_num_seqs // divisor if divisor else None
+            judge(base, cap, share, int(held * base.max_num_seqs))
+    _, base, cap, share, release, kept, late = min(judged, key=itemgetter(0))
     if len(head) < len(edf):  # order every row under the limits chosen on the head
         probe = replace(base, early_cap=cap, early_rows=_early_rows(share, edf, running) if cap else 0)
         kept, late = _order_by_simulation(edf, probe, step, start_s + alloc(probe), running, progress,
@@ -394,9 +394,7 @@ def still_met(batches: Sequence[PlannedBatch], limits: Mapping[int, StreamLimits
         if not mine or rep.index not in limits:
             continue
         rows = [_with_progress(queries[i], progress.get(i, 0)) for i in mine]
-        sim = simulate([SimRequest(q.index, q.prompt_tokens, max(1, q.predicted_tokens), rank[q.index],
-                                   progress.get(q.index, 0)) for q in rows],
-                       limits[rep.index], step_timer(cost, rep), start_s=start_s)
+        sim = _simulate(rows, limits[rep.index], step_timer(cost, rep), start_s, progress, ranks=rank)
         met += _met(rows, sim)
     return met
 

@@ -122,6 +122,14 @@ class StreamLimits:
     held_from: int | None = None
     held_release: int = 0
 
+    def in_flight(self, rank: int, unfinished_before_held: int) -> int:
+        """How many rows may be in the engine at once while the next one to give it has
+        `rank`, with `unfinished_before_held` of the rows ranked before held_from unfinished:
+        the one rule the executor feeds vLLM by and the simulator mirrors."""
+        if self.held_from is not None and rank >= self.held_from and unfinished_before_held > self.held_release:
+            return 0
+        return self.early_cap if self.early_cap and rank < self.early_rows else self.max_num_seqs
+
 
 @dataclass(slots=True, frozen=True)
 class RowForecast:
