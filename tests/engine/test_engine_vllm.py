@@ -579,17 +579,22 @@ def test_vllm_greedy_rows_equal_the_hf_engine(tmp_path, vllm_model, hf_reference
     assert "replayed with the true output lengths" in (out / "report.html").read_text()
 
 
-def test_vllm_scheduler_follows_the_given_priorities(vllm_model):
-    """One request at a time (max_num_seqs=1): requests finish in priority order, not in the
-    order they were queued."""
+def _small_engine(vllm_model, **settings) -> vllm_engine.VLLMEngine:
+    """A vLLM engine on the tiny model: 512 tokens of context, a 32 MiB KV cache."""
     from uellm_cli.engine.models import load_tokenizer, resolve_model
 
     resolved = resolve_model(str(vllm_model))
     llm = vllm_engine.start_llm(vllm_engine.VLLMSettings(
         model=str(resolved.path), replicas=(0,), dtype="float32", max_model_len=512,
-        kv_cache_bytes=32 << 20, max_num_seqs=1))
-    engine = vllm_engine.VLLMEngine(load_tokenizer(resolved), llm,
-                                    generation_config=vllm_engine.generation_eos(resolved))
+        kv_cache_bytes=32 << 20, **settings))
+    return vllm_engine.VLLMEngine(load_tokenizer(resolved), llm,
+                                  generation_config=vllm_engine.generation_eos(resolved))
+
+
+def test_vllm_scheduler_follows_the_given_priorities(vllm_model):
+    """One request at a time (max_num_seqs=1): requests finish in priority order, not in the
+    order they were queued."""
+    engine = _small_engine(vllm_model, max_num_seqs=1)
     rows = [Row(index=i, line=i + 1, id=str(i), prompt=p, messages=None, deadline_s=None,
                 max_new_tokens=6) for i, p in enumerate(PROMPTS[:5])]
     priority = [3, 0, 4, 1, 2]
@@ -755,6 +760,20 @@ def test_the_simulator_finishes_rows_in_the_steps_vllm_does(vllm_model):
                    lambda *_: 1.0)
     assert {i: round(s) for i, s in sim.finish_s.items()} == ended
     assert sim.steps == stats.steps
+
+
+def test_vllm_steps_record_the_hosts_time_between_them(vllm_model):
+    """What runs between two steps (rows written, the engine fed, plans revised) is each step's
+    gap, the time the step-time model adds per step: here on_step's 30 ms."""
+    import time
+
+    engine = _small_engine(vllm_model, max_num_seqs=2)
+    reqs = [StreamRequest(i, [10 + i + j for j in range(8)], 4, Sampling(), i) for i in range(3)]
+    stats = engine.run_stream(reqs, clock=time.perf_counter, on_step=lambda done: time.sleep(0.03))
+    gaps = [s.gap_s for s in stats.step_log]
+    assert len(gaps) == stats.steps >= 2
+    assert gaps[0] == 0.0  # nothing ran before the first
+    assert all(0.03 <= g < 1.0 for g in gaps[1:])
 
 
 def test_vllm_calibration_runs_to_the_end_of_the_models_context(vllm_model, monkeypatch):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from dataclasses import asdict, replace
 
 import pytest
 
@@ -11,6 +12,7 @@ from uellm_cli.profile.calibrate import load_calibrations
 from uellm_cli.profile.calibration import Calibration
 from uellm_cli.profile.run_calibration import (
     features,
+    fit_steps,
     observations_path,
     record_batches,
     record_steps,
@@ -121,3 +123,21 @@ def test_steps_of_instances_side_by_side_are_fitted_apart_from_one_instance_alon
     assert load_calibrations("vllm", model="m", threads=1, instances=2)["cpu-s"].decode == side.decode
     again = record_steps(_steps(50, 1.0, seed=2), engine="vllm", device_name="cpu-s", model="m", threads=1)
     assert again is not None and again.decode[0] == pytest.approx(alone.decode[0], rel=0.02)
+
+
+def test_the_hosts_time_between_steps_joins_each_steps_constant():
+    """A run's steps also wait on the host between them (rows written, plans revised): the
+    fit adds their mean to d0, and leaves the terms that grow with a step's contents alone."""
+    bare = _steps(300, 1.0)
+    gaps = [0.002 if k % 50 else 0.5 for k in range(len(bare))]  # now and then a re-plan
+    waited = [replace(s, gap_s=g) for s, g in zip(bare, gaps, strict=True)]
+    plain = fit_steps(bare, engine="vllm", device_name="cpu-g", model="m", source="t")
+    hosted = fit_steps(waited, engine="vllm", device_name="cpu-g", model="m", source="t")
+    mean_gap = sum(gaps) / len(gaps)
+    assert hosted.decode[0] == pytest.approx(plain.decode[0] + mean_gap, rel=1e-6)
+    assert hosted.prefill[0] == pytest.approx(plain.prefill[0] + mean_gap, rel=1e-6)
+    assert hosted.decode[1:] == pytest.approx(plain.decode[1:])
+    assert hosted.fit_error["host_s_per_step"] == pytest.approx(mean_gap, abs=1e-6)
+    # observations recorded before gaps were measured read as no gap
+    old = [{k: v for k, v in asdict(s).items() if k != "gap_s"} for s in bare]
+    assert fit_steps(old, engine="vllm", device_name="cpu-g", model="m", source="t").decode == plain.decode

@@ -61,6 +61,9 @@ def test_measured_over_modelled_is_the_ratio_of_summed_step_times():
     timer = step_timer(CostModel(MODEL, GPU, None, ROOF), replanner.plan.deployment.replicas[0])
     assert measured_over_modelled(_steps(replanner, 1.3), timer) == pytest.approx(1.3)
     assert measured_over_modelled([], lambda *a: 1.0) is None
+    # the host's time between steps is time the job paid: it counts as the steps' own
+    waited = [replace(s, seconds=s.seconds / 2, gap_s=s.seconds / 2) for s in _steps(replanner, 1.3)]
+    assert measured_over_modelled(waited, timer) == pytest.approx(1.3)
 
 
 def _first_rows_done(late_s: float, **deadlines) -> tuple[Replanner, Clock, BatchRecord, set[int]]:
@@ -119,15 +122,35 @@ def test_too_few_steps_leave_the_speed_factor_where_it_is():
 
 
 def test_a_revision_that_meets_no_more_deadlines_than_the_plan_kept_is_not_taken():
-    replanner, _, record, pending = _first_rows_done(late_s=0.0, **TIGHT)
+    replanner, clock, record, pending = _first_rows_done(late_s=0.0, **TIGHT)
     first_plan = replanner.plan
     assert replanner(pending, record, progress={}, steps=_steps(replanner, 1.3)) is None
     assert replanner.plan is first_plan and replanner.kept == 1 and replanner.scale == pytest.approx(1.3)
     assert "1 revision(s) not taken" in replanner.note()
-    # the same revision of a plan that, kept, misses more is taken
+    # the same revision of a plan that, kept, misses more is taken, once the pause is over
     _capped(replanner)
     replanner.scale = 1.0
+    assert replanner(pending, record, progress={}, steps=_steps(replanner, 1.3)) is None
+    assert replanner.kept == 1  # paused: not even planned
+    replanner.quiet_until = clock.now
     assert replanner(pending, record, progress={}, steps=_steps(replanner, 1.3)) is not None
+    assert replanner.quiet_s == 0.0  # a revision taken starts the pauses again
+
+
+def test_revisions_not_taken_pause_re_planning_for_longer_each_time():
+    """Planning stalls the engine: a run whose revisions keep meeting no more is planned
+    again after 2 s, then 4, 8, ..."""
+    replanner, clock, record, pending = _first_rows_done(late_s=0.0, **TIGHT)
+    planned_at = []
+    start = clock.now
+    while clock.now < start + 30.0:
+        kept = replanner.kept
+        replanner(pending, record, progress={}, steps=_steps(replanner, 1.3))
+        if replanner.kept > kept:
+            planned_at.append(round(clock.now - start, 1))
+        replanner.scale = 1.0  # so that every call would want a revision
+        clock.now += 0.5
+    assert planned_at == [0.0, 2.0, 6.0, 14.0]
 
 
 def test_the_plan_is_made_again_from_the_real_start_when_loading_ends_off_its_clock():

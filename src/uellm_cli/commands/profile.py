@@ -98,14 +98,12 @@ def _job_sample(job: str, model_name: str) -> dict:
     from uellm_cli.run.prepare import CHARS_PER_TOKEN
 
     read = read_job(job)
-    predictor = lengths.CapPredictor()
-    # The best predictor available for this model: its own history, the shipped fit, the prompt rules.
-    for name in ["history", *(["fitted"] if lengths.is_default_model(model_name) else []), "prompt"]:
-        try:
-            predictor = lengths.get_predictor(name, model_name=model_name)
-            break
-        except (ConfigError, OSError, ValueError):
-            continue
+    # What a run would predict (`auto`: its own history or the shipped fit, the model's answers
+    # to stated lengths), else the prompt rules.
+    try:
+        predictor = lengths.get_predictor("auto", model_name=model_name)
+    except (ConfigError, OSError, ValueError):
+        predictor = lengths.PromptPredictor()
     rows = read.rows[:JOB_SAMPLE]
     queries = [lengths.LengthQuery(r.text, max(1, len(r.text) // CHARS_PER_TOKEN), r.max_new_tokens)
                for r in rows]

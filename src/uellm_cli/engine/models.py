@@ -25,7 +25,7 @@ from pathlib import Path
 from uellm_cli.config import DEFAULT_MODEL
 from uellm_cli.errors import ModelNotFoundError
 from uellm_cli.paths import cache_dir
-from uellm_cli.profile.aliases import alias_names
+from uellm_cli.profile.aliases import alias_names, alias_of_folder
 
 
 @dataclass(slots=True, frozen=True)
@@ -155,19 +155,6 @@ def _resolve_gguf(path: Path, name: str, convert: bool) -> ResolvedModel | None:
     return ResolvedModel(name=name, path=folder, source="gguf", revision=folder_revision(folder))
 
 
-def _alias_of(folder: Path) -> str | None:
-    """The alias whose folder this is (`<cache>/models/smollm2-135m-converted`), so a run given
-    the folder's path finds the alias's calibrations and length predictor, and the other way
-    round; None for any other folder."""
-    try:
-        if folder.parent != models_dir().resolve():
-            return None
-    except OSError:
-        return None
-    name = folder.name.removesuffix("-converted")
-    return name if name in alias_names() or name in PACKAGED_MODELS else None
-
-
 def _resolve_alias(alias: str, convert: bool) -> ResolvedModel | None:
     own = models_dir() / alias
     if _is_model_folder(own):
@@ -215,7 +202,7 @@ def resolve_model(spec: str | None, *, convert: bool = True) -> ResolvedModel | 
         if path.is_file() and path.suffix == ".gguf":
             return _resolve_gguf(path, path.stem, convert)
         if _is_model_folder(path):
-            name = _alias_of(path.resolve()) or path.name
+            name = alias_of_folder(path) or path.name
             return ResolvedModel(name, path.resolve(), "folder", folder_revision(path))
         raise ModelNotFoundError(
             f"{spec}: not a model folder (no config.json) and not a .gguf file"

@@ -33,10 +33,11 @@ class StepRecorder:
         """(computed tokens, tokens) of every request the scheduler holds."""
         return {rid: (r.num_computed_tokens, r.num_tokens) for rid, r in self.scheduler.requests.items()}
 
-    def record(self, before: dict[str, tuple[int, int]], seconds: float
+    def record(self, before: dict[str, tuple[int, int]], seconds: float, gap_s: float = 0.0
                ) -> tuple[StepRecord, set[str]]:
-        """The step that ran since `before`, and the (vLLM) ids of the requests it worked on.
-        A request gone from the scheduler finished in the step: it computed up to its tokens."""
+        """The step that ran since `before` (it took `seconds`, `gap_s` after the one before
+        it ended), and the (vLLM) ids of the requests it worked on. A request gone from the
+        scheduler finished in the step: it computed up to its tokens."""
         requests = self.scheduler.requests
         prefill_tokens = decode_rows = sampled = 0
         prefill_attention = decode_context = 0.0
@@ -57,4 +58,4 @@ class StepRecorder:
             if after >= tokens:
                 sampled += 1
         return StepRecord(prefill_tokens, prefill_attention, decode_rows, decode_context, sampled,
-                          seconds), worked
+                          seconds, gap_s), worked

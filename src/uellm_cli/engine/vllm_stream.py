@@ -79,6 +79,7 @@ class VLLMStream:
 
     def _step_until_done(self) -> None:
         engine, live = self.llm_engine, self.live
+        last_end: float | None = None  # when the step before ended: the host's gap runs from it
         while (live or self.pending) and engine.has_unfinished_requests():
             if self.stop is not None and self.stop.is_set():
                 self._abort()
@@ -94,12 +95,14 @@ class VLLMStream:
             now = self.clock()
             self.stats.steps += 1
             if snapshot is not None:
-                record, worked = self.recorder.record(snapshot, now - before)
+                gap_s = before - last_end if last_end is not None else 0.0
+                record, worked = self.recorder.record(snapshot, now - before, gap_s)
                 self.stats.step_log.append(record)
                 for internal in worked:
                     state = live.get(self.alias.get(internal, internal))
                     if state is not None and state.started_s is None:
                         state.started_s = before
+            last_end = now
             self.on_step(self._ended(outputs, before, now))
             self._feed()
         if (live or self.pending) and not self.stats.stopped:  # idle, yet requests are missing

@@ -132,7 +132,9 @@ _FIELDS = {f.name for f in fields(RowResult)}
 @dataclass(slots=True, frozen=True)
 class StepRecord:
     """What one continuous-batching engine step held, and how long it took (plan/steptime.py
-    names the fields): refits the step-time model after a vLLM run."""
+    names the fields): refits the step-time model after a vLLM run. `gap_s`: the host's time
+    between the previous step's end and this one's start (our rows written, the engine fed,
+    plans revised), which the job's time pays as much as the steps."""
 
     prefill_tokens: int
     prefill_attention: float
@@ -140,3 +142,4 @@ class StepRecord:
     decode_context: float
     sampled_rows: int
     seconds: float
+    gap_s: float = 0.0

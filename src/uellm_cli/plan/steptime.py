@@ -89,5 +89,5 @@ def measured_over_modelled(steps: Sequence[StepRecord], timer: StepTimer) -> flo
     scheduler's choices (which rows ran when), which a row's or a group's duration is not."""
     modelled = sum(timer(s.prefill_tokens, s.prefill_attention, s.decode_rows, s.decode_context,
                          s.sampled_rows) for s in steps)
-    measured = sum(s.seconds for s in steps)
+    measured = sum(s.seconds + s.gap_s for s in steps)  # the host's gaps: see fit_steps
     return measured / modelled if modelled > 0 and measured > 0 else None

@@ -9,7 +9,10 @@ equivalent Qwen2 config (see model.chatglm_equivalent and docs/profiler.md).
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from uellm_cli.config import DEFAULT_MODEL
+from uellm_cli.paths import cache_dir
 
 ALIASES: dict[str, dict] = {
     # huggyllama/llama-7b (LLaMA 1)
@@ -124,3 +127,16 @@ def alias_config(name: str) -> dict | None:
 
 def alias_names() -> list[str]:
     return list(ALIASES)
+
+
+def alias_of_folder(folder: Path) -> str | None:
+    """The alias whose folder this is (`<cache>/models/smollm2-135m-converted`, or
+    `<cache>/models/llama-7b`), so a plan or a run given the folder's path finds the alias's
+    calibrations and length predictor, and the other way round; None for any other folder."""
+    try:
+        if folder.resolve().parent != (cache_dir() / "models").resolve():
+            return None
+    except OSError:
+        return None
+    name = folder.name.removesuffix("-converted")
+    return name if name in ALIASES else None

@@ -64,7 +64,7 @@ _UNIT_TOKENS = {
 _A_UNITS = {"sentence", "paragraph", "page"}
 _REQUEST = re.compile(
     r"\b(\d{1,4}|a few|a hundred|an?|one|single|two|three|four|five|six|seven|eight|nine|ten"
-    r"|few|several|twenty|fifty|hundred)(?:\s*-\s*\d{1,4})?\s+(?:[a-z]+\s+)?("
+    r"|few|several|twenty|fifty|hundred)(?:\s*-\s*\d{1,4})?(?:\s+|-)(?:[a-z]+\s+)?("
     + "|".join(_UNIT_TOKENS) + r")s?\b"
 )
 _YES_NO = re.compile(r"\b(?:yes or no|true or false|yes/no)\b")

@@ -232,7 +232,7 @@ class FitResult:
     sigma: float
 
 
-class _Ridge:
+class Ridge:
     """Ridge solutions for many targets and strengths from one eigendecomposition of a centred
     design (primal d x d when d <= n, dual n x n otherwise)."""
 
@@ -269,7 +269,7 @@ def _mills(a: np.ndarray) -> np.ndarray:
     return out
 
 
-def _tobit(ridge: _Ridge, y: np.ndarray, cens: np.ndarray, lam: float
+def tobit(ridge: Ridge, y: np.ndarray, cens: np.ndarray, lam: float
            ) -> tuple[np.ndarray, float, float]:
     """Censored ridge by EM: returns (w, intercept, sigma) on the centred design."""
     n = y.size
@@ -360,10 +360,10 @@ def fit_linear(queries: Sequence, tokens: np.ndarray, censored: np.ndarray, *,
         mean, scale = _standardise(num[tr], use_prior)
         z_tr = _stack(num[tr], hashed[tr], mean, scale)
         z_mean = z_tr.mean(0)
-        ridge = _Ridge(z_tr - z_mean)
+        ridge = Ridge(z_tr - z_mean)
         z_te = _stack(num[te], hashed[te], mean, scale) - z_mean
         for lam in grid:
-            w, b, _ = _tobit(ridge, y[tr], cens[tr], lam)
+            w, b, _ = tobit(ridge, y[tr], cens[tr], lam)
             oof[lam][te] = z_te @ w + b
     # (MAE, l2, point quantile, point offset) for every candidate; smallest MAE wins
     scores = []
@@ -378,7 +378,7 @@ def fit_linear(queries: Sequence, tokens: np.ndarray, censored: np.ndarray, *,
     mean, scale = _standardise(num, use_prior)
     z = _stack(num, hashed, mean, scale)
     z_mean = z.mean(0)
-    w, b, sigma = _tobit(_Ridge(z - z_mean), y, cens, best)
+    w, b, sigma = tobit(Ridge(z - z_mean), y, cens, best)
     # back to raw coordinates: mu = b + (z - z_mean)·w
     w_num, w_hash = w[: num.shape[1]], w[num.shape[1]:] * HASH_SCALE
     intercept = b - float(z_mean @ w)

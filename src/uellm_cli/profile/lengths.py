@@ -1,7 +1,9 @@
 """Output-length predictors behind one interface, their registry, training and storage.
 
 Predictors (all give a point estimate and an upper quantile, capped at max_new_tokens, >= 1):
-- `auto` (the default): the model's `history` predictor when it has one, else `prompt`.
+- `auto` (the default): the model's `history` predictor when it has one, else `prompt`; rows
+  whose prompt states a length ("100 words") get what the model wrote for such rows in its past
+  runs, once there are enough (length_requests.py, RequestAware).
 - `cap`: every row generates its full budget (a pessimistic bound, blind to which rows are
   short: it cannot tell which rows to give up when a job is overloaded).
 - `prompt`: fixed linear model of log(tokens) on prompt features (length, question words,
@@ -35,7 +37,7 @@ from uellm_cli.config import DEFAULT_MODEL
 from uellm_cli.errors import ConfigError, InputError
 from uellm_cli.jobs.durable import atomic_write_json
 from uellm_cli.jobs.schema import messages_text
-from uellm_cli.paths import cache_dir
+from uellm_cli.paths import cache_dir, home_dir
 from uellm_cli.profile import length_features as lf
 from uellm_cli.profile.length_fit import (  # noqa: F401 - PROMPT_MODEL re-exported
     PROMPT_MODEL,
@@ -43,6 +45,7 @@ from uellm_cli.profile.length_fit import (  # noqa: F401 - PROMPT_MODEL re-expor
     fit_linear,
     prompt_predict,
 )
+from uellm_cli.profile.length_requests import RequestFit, load_request_fit
 from uellm_cli.profile.length_two_part import TwoPartConfig, TwoPartLengthModel, fit_two_part
 
 _FITTED_FILE = f"{DEFAULT_MODEL}-lengths.json"
@@ -95,6 +98,30 @@ class PromptPredictor:
 
     def predict(self, queries: list[LengthQuery]) -> list[LengthPrediction]:
         return [LengthPrediction(t, u) for t, u in prompt_predict(queries)]
+
+
+# ---- stated lengths, as this model answers them (length_requests.py) ------------------------
+
+
+@dataclass(slots=True)
+class RequestAware:
+    """`base`, except for rows whose prompt states a length: those get what the served model
+    wrote for such requests in past runs (`fit`), not the base's request_factor x the request."""
+
+    base: Predictor
+    fit: RequestFit
+
+    @property
+    def name(self) -> str:
+        return f"{self.base.name}, stated lengths from {self.fit.rows} past rows"
+
+    def predict(self, queries: list[LengthQuery]) -> list[LengthPrediction]:
+        out = self.base.predict(queries)
+        for i, q in enumerate(queries):
+            requested = lf.requested_tokens(q.text)
+            if requested is not None:
+                out[i] = LengthPrediction(*self.fit.predict(requested, q.max_new_tokens))
+        return out
 
 
 # ---- `history` / `fitted` ------------------------------------------------------------------
@@ -320,6 +347,12 @@ def predictor_path(model_name: str) -> Path:
     return cache_dir() / "predictors" / f"{safe}.json"
 
 
+def requests_path(model_name: str) -> Path:
+    """Where the model's rows that stated a length are recorded (length_requests.py): with the
+    other measurements runs learn from, home_dir()/profiles/lengths/<model-name>--requests.jsonl."""
+    return home_dir() / "profiles" / "lengths" / f"{predictor_path(model_name).stem}--requests.jsonl"
+
+
 def save_predictor(pred: HistoryPredictor, path: Path | None = None) -> Path:
     """Write `pred` as JSON (default: predictor_path(pred.model_name)); returns the path."""
     return atomic_write_json(path or predictor_path(pred.model_name), pred.to_dict(), indent=None)
@@ -380,9 +413,12 @@ def _history(model_name: str | None) -> Predictor:
 
 def _auto(model_name: str | None) -> Predictor:
     """The default: the model's own `history` predictor when it has one (trained by the user,
-    or shipped for the default model), else the `prompt` model, which needs no training."""
+    or shipped for the default model), else the `prompt` model, which needs no training; for
+    rows that state a length, what the model wrote for such rows in past runs, once known."""
     pred = load_predictor_for(model_name) if model_name else None
-    return pred if pred is not None else PromptPredictor()
+    base: Predictor = pred if pred is not None else PromptPredictor()
+    fit = load_request_fit(requests_path(model_name)) if model_name else None
+    return RequestAware(base, fit) if fit is not None else base
 
 
 PREDICTORS: dict[str, Callable[[str | None], Predictor]] = {

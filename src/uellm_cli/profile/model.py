@@ -42,12 +42,13 @@ def resolve_config(source: str):
         if not cfg_file.is_file():
             raise ModelNotFoundError(f"{path} has no config.json", hint="point --model at a Hugging Face model folder")
         raw = json.loads(cfg_file.read_text())
+        name = aliases.alias_of_folder(path) or path.name  # the name a run gives it
         if raw.get("model_type") == "chatglm":
-            return raw, path.name, "folder"
+            return raw, name, "folder"
         from transformers import AutoConfig
 
         try:
-            return AutoConfig.from_pretrained(str(path), local_files_only=True), path.name, "folder"
+            return AutoConfig.from_pretrained(str(path), local_files_only=True), name, "folder"
         except (ValueError, KeyError, OSError) as exc:
             raise ConfigError(f"cannot read the config of {path}: {str(exc).splitlines()[0]}") from exc
     if path.suffix.lower() == ".gguf" and path.is_file():

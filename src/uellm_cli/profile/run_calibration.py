@@ -9,7 +9,7 @@ on it, so the next forecast is made from what this engine really did on this dev
 - vLLM, per engine step (prefill tokens and attention, decode rows and context, seconds;
   engine/vllm_steps.py): d0 + d1 * rows + d2 * context + p1 * prefill + p2 * attention, the
   step-time model of plan/steptime.py, stored as Calibration(prefill=(d0, p1, p2),
-  decode=(d0, d1, d2)).
+  decode=(d0, d1, d2)), with the host's mean time between steps added to d0.
 Stored beside the grid calibration; the newest one wins. Each run also records how long its
 engine took to start (record_startup), which the next plan's start-up forecast uses.
 """
@@ -135,10 +135,15 @@ def fit_steps(steps: Sequence, *, engine: str, device_name: str, model: str,
                        r["prefill_attention"]) for r in rows], [r["seconds"] for r in rows],
                      relative=False)
     d0, d1, d2, p1, p2 = coef
+    # The host's time between steps (rows written, the engine fed, plans revised) is paid per
+    # step as surely as the forward: its mean joins the step's constant. Not fitted with the
+    # terms: it does not grow with what a step holds, and a re-plan's pause is one step's.
+    host_s = sum(r.get("gap_s", 0.0) for r in rows) / len(rows)
     return Calibration(device_name=device_name, engine=engine, model=model,
-                       prefill=(d0, p1, p2), decode=(d0, d1, d2), measured_at=_now(),
-                       samples=len(rows),
-                       fit_error={"step_mape": mape, "source": source, "steps": len(rows)})
+                       prefill=(d0 + host_s, p1, p2), decode=(d0 + host_s, d1, d2),
+                       measured_at=_now(), samples=len(rows),
+                       fit_error={"step_mape": mape, "source": source, "steps": len(rows),
+                                  "host_s_per_step": round(host_s, 6)})
 
 
 def _now() -> str:

@@ -52,6 +52,7 @@ def finish(cfg: RunConfig, prepared: PreparedJob, planned: Planned | None, folde
     folder.finish("complete", {r.index: r for r in results})
     if planned is not None:
         _learn_costs(cfg, planned, executed)
+    _learn_stated_lengths(prepared, results)
     if cfg.record_history:
         _record_history(cfg, prepared, folder, outcome.metrics, results)
     missed = any(r.slo_met is False for r in results)
@@ -227,6 +228,23 @@ def _learn_costs(cfg: RunConfig, planned: Planned, executed: Executed) -> None:
             record_steps(executed.steps, **where, instances=planned.target.instances)
         else:
             record_batches(executed.batches, **where)
+
+
+def _learn_stated_lengths(prepared: PreparedJob, results: list[RowResult]) -> None:
+    """Record how the model answered the rows whose prompt states a length (numbers only, no
+    prompt: kept under --no-history too), for the next run's predictions of such rows."""
+    from uellm_cli.profile.length_requests import observe, record_requests
+    from uellm_cli.profile.lengths import requests_path
+
+    seen = []
+    for r in results:
+        row = prepared.rows.get(r.index)
+        if r.status == "ok" and row is not None:
+            o = observe(row.row.text, r.output_tokens, row.row.max_new_tokens, r.finish_reason)
+            if o is not None:
+                seen.append(o)
+    with contextlib.suppress(OSError):  # a read-only home must not fail the run
+        record_requests(seen, requests_path(prepared.model.name))
 
 
 def _record_history(cfg: RunConfig, prepared: PreparedJob, folder: RunFolder,
