@@ -93,6 +93,19 @@ def test_observations_round_trip_and_a_torn_line_is_skipped(tmp_path):
     assert R.load_request_fit(tmp_path / "missing.jsonl") is None
 
 
+def test_the_observation_file_is_cut_back_to_what_the_fit_reads(tmp_path, monkeypatch):
+    monkeypatch.setattr(R, "KEEP_ROWS", 25)
+    path = tmp_path / "m--requests.jsonl"
+    for run in range(3):  # 20 rows a run: 60 lines would pass 2 x 25
+        R.record_requests(_observations(20, intercept=2.0, slope=0.5, sd=0.2, cap=200, seed=run), path)
+    lines = path.read_text().splitlines()
+    assert len(lines) == 25
+    newest = [json.dumps({"requested_tokens": o.requested_tokens, "output_tokens": o.output_tokens,
+                          "max_new_tokens": o.max_new_tokens, "cut": o.cut})
+              for o in _observations(20, intercept=2.0, slope=0.5, sd=0.2, cap=200, seed=2)]
+    assert lines[-20:] == newest
+
+
 def test_auto_answers_stated_lengths_from_past_runs_and_leaves_other_rows():
     model = "smollm2-135m"
     queries = [L.LengthQuery("Write 200 words about volcanoes.", 40, 128),

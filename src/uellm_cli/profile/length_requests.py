@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from uellm_cli.jobs.durable import atomic_write_bytes
 from uellm_cli.profile import length_features as lf
 from uellm_cli.profile.length_fit import Ridge, tobit
 from uellm_cli.profile.length_two_part import mixture_mean
@@ -35,7 +36,7 @@ from uellm_cli.profile.length_two_part import mixture_mean
 MIN_ROWS = 20  # rows that stated a length, before their fit replaces the predictor's guess
 KEEP_ROWS = 4000  # newest observations the fit reads
 UPPER_Z = 1.2816  # the 0.9 quantile of a normal, the predictors' upper quantile
-SLOPE_RANGE = (0.0, 1.5)  # a model that writes less when asked for more, or 50% more per 2x, is a bad fit
+SLOPE_RANGE = (0.0, 1.5)  # below 0 (less when asked for more) or past 1.5 is noise, not a model
 
 
 @dataclass(slots=True, frozen=True)
@@ -105,7 +106,9 @@ def observe(text: str, output_tokens: int | None, max_new_tokens: int,
 
 
 def record_requests(observations: Iterable[RequestObservation], path: Path) -> int:
-    """Append a run's observations to `path`; returns how many were written."""
+    """Append a run's observations to `path`; returns how many were written. Past twice
+    KEEP_ROWS lines the file is cut back to the newest KEEP_ROWS (the fit reads no more), so a
+    nightly job does not grow it for ever."""
     rows = [json.dumps({"requested_tokens": round(o.requested_tokens, 3),
                         "output_tokens": o.output_tokens, "max_new_tokens": o.max_new_tokens,
                         "cut": o.cut}) for o in observations]
@@ -114,6 +117,9 @@ def record_requests(observations: Iterable[RequestObservation], path: Path) -> i
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("a", encoding="utf-8") as f:
         f.write("\n".join(rows) + "\n")
+    lines = path.read_text(encoding="utf-8").splitlines()
+    if len(lines) > 2 * KEEP_ROWS:
+        atomic_write_bytes(path, ("\n".join(lines[-KEEP_ROWS:]) + "\n").encode("utf-8"))
     return len(rows)
 
 
