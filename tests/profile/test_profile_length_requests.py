@@ -132,11 +132,15 @@ def test_a_run_records_the_rows_that_stated_a_length(tmp_path, tiny_llama, capsy
     rows.append({"id": "plain", "prompt": "Hello there", "max_new_tokens": 5})
     job = tmp_path / "job.jsonl"
     job.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    res = run_cli(capsys, "run", job, "--model", tiny_llama, "--out", tmp_path / "o", "-q",
-                  "--no-history", "--slo", "900", "--engine", "hf")
+    args = ["run", job, "--model", tiny_llama, "--out", tmp_path / "o", "-q", "--no-history",
+            "--slo", "900", "--engine", "hf"]
+    res = run_cli(capsys, *args)
     assert res.code == 0, res.err
     files = list((L.requests_path("x").parent).glob("*--requests.jsonl"))
     assert len(files) == 1
     seen = [json.loads(line) for line in files[0].read_text().splitlines()]
     assert sorted(o["requested_tokens"] for o in seen) == pytest.approx([14.0, 28.0, 42.0])
     assert all(o["max_new_tokens"] == 5 and 1 <= o["output_tokens"] <= 5 for o in seen)
+    # a resume with nothing left to run records its rows no second time
+    assert run_cli(capsys, *args, "--resume").code == 0
+    assert len(files[0].read_text().splitlines()) == 3

@@ -50,9 +50,9 @@ def finish(cfg: RunConfig, prepared: PreparedJob, planned: Planned | None, folde
     write_errors(cfg.out, error_entries(prepared, results))
     outcome.metrics, outcome.report_html = _report(cfg, planned, folder, executed, results)
     folder.finish("complete", {r.index: r for r in results})
-    if planned is not None:
+    if planned is not None:  # something ran (a resume of a finished job recorded its rows)
         _learn_costs(cfg, planned, executed)
-    _learn_stated_lengths(prepared, results)
+        _learn_stated_lengths(prepared, results)
     if cfg.record_history:
         _record_history(cfg, prepared, folder, outcome.metrics, results)
     missed = any(r.slo_met is False for r in results)
