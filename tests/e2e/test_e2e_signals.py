@@ -98,9 +98,22 @@ def test_signal_before_the_first_batch(tmp_path, tiny_llama, ref):
     for sig in (signal.SIGINT, signal.SIGTERM):
         out = tmp_path / sig.name
         procs[sig] = start_run(ref.job, out, tiny_llama, tmp_path / "home")
-    for sig, p in procs.items():
-        wait_for(p, "manifest.json", lambda out=p.out: (out / MANIFEST).exists())
-        p.signal(sig)
+    signalled: set = set()
+
+    def signal_each_once_started() -> bool:
+        # each as soon as its own manifest exists: waiting on one first let the other run
+        # batches unsignalled (CI once saw two batches written)
+        for sig, p in procs.items():
+            if sig in signalled:
+                continue
+            if (p.out / MANIFEST).exists():
+                p.signal(sig)
+                signalled.add(sig)
+            elif p.popen.poll() is not None:
+                raise AssertionError(f"uellm run ended before its manifest; stderr:\n{p.stderr()}")
+        return len(signalled) == len(procs)
+
+    wait_for(procs[signal.SIGINT], "both manifests", signal_each_once_started)
     for p in procs.values():
         code = p.wait()
         # the signal lands while loading or, on a fast machine, during the first batch, which
