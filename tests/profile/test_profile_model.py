@@ -224,3 +224,20 @@ def test_specs_and_catalogue_import_no_torch():
         "assert len(c.devices) == 3\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_an_aliass_folder_is_named_by_the_alias_however_it_is_reached(tmp_path, monkeypatch):
+    """`plan` and `run` given <cache>/models/<alias>-converted (or a link to it) find the
+    alias's calibrations and predictor; any other folder keeps its own name."""
+    from uellm_cli.profile.aliases import alias_of_folder
+
+    monkeypatch.setenv("UELLM_CACHE", str(tmp_path / "cache"))
+    folder = tmp_path / "cache" / "models" / "smollm2-135m-converted"
+    folder.mkdir(parents=True)
+    link = tmp_path / "link"
+    link.symlink_to(folder)
+    assert alias_of_folder(folder) == alias_of_folder(link) == "smollm2-135m"
+    other = tmp_path / "cache" / "models" / "my-model"
+    other.mkdir()
+    assert alias_of_folder(other) is None
+    assert alias_of_folder(tmp_path / "elsewhere" / "smollm2-135m-converted") is None

@@ -134,7 +134,8 @@ def alias_of_folder(folder: Path) -> str | None:
     `<cache>/models/llama-7b`), so a plan or a run given the folder's path finds the alias's
     calibrations and length predictor, and the other way round; None for any other folder."""
     try:
-        if folder.resolve().parent != (cache_dir() / "models").resolve():
+        folder = folder.resolve()  # a link to the folder, or a relative path, names the same
+        if folder.parent != (cache_dir() / "models").resolve():
             return None
     except OSError:
         return None

@@ -93,12 +93,12 @@ class Replanner:
         """A revised plan of the `pending` rows, or None to keep going as planned. Stream
         engines: `progress` = tokens each running row has generated, the state it starts
         from; `steps` = the engine steps run so far, where the engine can tell them."""
-        if record.status != "ok" or self.clock() < self.quiet_until:
+        now = self.clock()
+        if record.status != "ok" or now < self.quiet_until:
             return None
         factor = self._factor(record, steps)
         if factor is None:
             return None
-        now = self.clock()
         if self.plan.stream:  # the rows just written against their forecast finish
             late_s = record.finished_s - (record.forecast_finish_s or record.finished_s)
         else:  # the next batch to start against its forecast start
