@@ -121,7 +121,7 @@ def test_deadlines_are_not_bought_with_more_than_the_throughput_floor(monkeypatc
 def test_deadlines_may_cost_up_to_the_floor_in_throughput():
     """128 urgent rows and 200 late ones, 100 tokens each, on a CPU-like step: all at once end
     at ~247 s and miss every urgent deadline; 128 at once meet them all and end ~4% later,
-    within the floor (0.95): the plan meets them all, within it."""
+    within the floor (0.9): the plan meets them all, within it."""
     rows = [query(i, prompt=8, pred=100, deadline=105.0 if i < 128 else 1000.0) for i in range(328)]
     fastest = sf._simulate(sorted(rows, key=sf.edf_key), _limits_for(256), _cpu_like_step, 0.0)
     assert sf._met(rows, fastest) == 200
@@ -213,3 +213,59 @@ def test_a_revised_plan_chooses_how_many_run_at_once_again_under_the_engines_lim
     lim = revised.stream[0]
     assert lim.max_num_seqs == plan.stream[0].max_num_seqs and lim.kv_blocks == plan.stream[0].kv_blocks
     assert lim.early_cap is None and all(f.slo_met for f in revised.forecast.values())
+
+
+def test_lengths_are_drawn_around_each_rows_prediction():
+    """The point is the median of a row's draws and its upper the 0.9 quantile, within its
+    budget; a row predicted exactly (upper = point) always draws its point; same rows, same draws."""
+    rows = [query(i, prompt=8, pred=40, upper=80, max_new=128) for i in range(2000)]
+    exact = query(9999, prompt=8, pred=33, upper=33, max_new=128)
+    (drawn,) = sf.length_draws([*rows, exact], 1)
+    lengths = sorted(drawn[q.index].predicted_tokens for q in rows)
+    assert 37 <= lengths[1000] <= 43 and 74 <= lengths[1800] <= 86
+    assert lengths[0] >= 1 and lengths[-1] <= 128
+    assert drawn[exact.index].predicted_tokens == 33
+    assert sf.length_draws(rows[:50], 3) == sf.length_draws(rows[:50], 3)
+
+
+def test_the_finalists_are_judged_on_drawn_lengths(monkeypatch):
+    """300 rows predicted at 20 tokens that may run to 90, deadlines 15-60 s: at the points the
+    search holds no demoted row back; judged on drawn lengths it holds them, and on lengths it
+    never drew (draws 10-29) that plan meets more deadlines than the one the points chose."""
+    import random
+
+    rnd = random.Random(0)
+    rows = [query(i, prompt=8, pred=20, upper=90, max_new=128, deadline=rnd.uniform(15, 60))
+            for i in range(300)]
+
+    def chosen() -> tuple:
+        lim, kept, late, _ = sf._search(rows, [], (256, 128, 64), _limits_for, _cpu_like_step, 0.0, {})
+        order = kept + sf._late_order(late)
+        met = 0
+        for drawn in sf.length_draws(order, 30)[10:]:
+            rows_drawn = [drawn[q.index] for q in order]
+            met += sf._met(rows_drawn, sf._simulate(rows_drawn, lim, _cpu_like_step, 0.0))
+        return lim, met
+
+    on_draws, met_draws = chosen()
+    monkeypatch.setattr(sf, "DRAW_FINALISTS", 1)  # the best candidate at the points
+    at_points, met_points = chosen()
+    assert at_points.held_from is None and on_draws.held_from is not None
+    assert met_draws > met_points
+
+
+def test_a_job_judged_on_its_head_keeps_the_heads_throughput_floor(monkeypatch):
+    """200 rows of 100 tokens: 64 at once meet more early deadlines than 256 but end ~13%
+    later. Judged on every row, a floor that allows it takes it; judged on its first rows
+    only (the rest pay the throughput uncounted), the plan stays within HEAD_THROUGHPUT_FLOOR."""
+    monkeypatch.setattr(sf, "THROUGHPUT_FLOOR", 0.8)
+    rows = [query(i, prompt=8, pred=100, deadline=40.0 + i) for i in range(200)]
+    fastest = sf._simulate(sorted(rows, key=sf.edf_key), _limits_for(256), _cpu_like_step, 0.0)
+
+    def chosen_end() -> float:
+        lim, kept, late, _ = sf._search(rows, [], (256, 64), _limits_for, _cpu_like_step, 0.0, {})
+        return sf._simulate(kept + sf._late_order(late), lim, _cpu_like_step, 0.0).end_s
+
+    assert chosen_end() > fastest.end_s / sf.HEAD_THROUGHPUT_FLOOR
+    monkeypatch.setattr(sf, "SEARCH_ROWS", 150)
+    assert chosen_end() <= fastest.end_s / sf.HEAD_THROUGHPUT_FLOOR

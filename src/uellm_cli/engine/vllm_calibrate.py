@@ -10,8 +10,9 @@ through vLLM with every step recorded (engine/vllm_steps.py), the way a run reco
 - a mixed job: twice the widest batch of requests of random prompt and output lengths from
   the grid, arriving at once, so prefill chunks share steps with decode rows, and rows leave
   and join as the job goes (continuous batching as it really runs).
-The steps are fitted to d0 + d1 * rows + d2 * context + p1 * prefill + p2 * attention
-(profile/run_calibration.fit_steps) and stored as a vllm Calibration. Grid points stop at
+The engine takes a run's token budget (plan/continuous.CPU_MAX_BATCHED_TOKENS), so its prefill
+steps are the size a run's are. The steps are fitted to
+d0 + d1 * rows + d2 * context + p1 * prefill + p2 * attention (profile/run_calibration.fit_steps) and stored as a vllm Calibration. Grid points stop at
 b * L <= max_decode_tokens to keep it to a minute or two on a small CPU.
 """
 
@@ -52,6 +53,7 @@ def calibrate_vllm(
     from uellm_cli.engine.vllm_engine import require_vllm, start_llm
     from uellm_cli.engine.vllm_settings import VLLMSettings, check_cpu_support
     from uellm_cli.engine.vllm_steps import StepRecorder
+    from uellm_cli.plan.continuous import CPU_MAX_BATCHED_TOKENS
     from uellm_cli.profile.calibrate import device_name
     from uellm_cli.profile.model import load_model_profile
     from uellm_cli.profile.run_calibration import fit_steps
@@ -74,7 +76,7 @@ def calibrate_vllm(
     kv = int(max(16 << 20, kv_tokens * prof.kv_bytes_per_token * 1.2))
     llm = start_llm(VLLMSettings(model=str(resolved.path), replicas=(0,), dtype=dtype or "float32",
                                  max_model_len=max_len, kv_cache_bytes=kv, max_num_seqs=2 * widest,
-                                 threads=threads))
+                                 max_num_batched_tokens=CPU_MAX_BATCHED_TOKENS, threads=threads))
     engine = llm.llm_engine
     recorder = StepRecorder.of(engine)
     if recorder is None:

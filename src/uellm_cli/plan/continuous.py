@@ -37,7 +37,13 @@ KV_MARGIN = 1.1  # vLLM rounds every request up to whole KV blocks
 LEN_ALIGN = 16
 CPU_BLOCK_SIZE = 128  # vLLM's CPU default; GPUs use 16
 GPU_BLOCK_SIZE = 16
-CPU_MAX_BATCHED_TOKENS = 4096  # vLLM's offline (LLM class) defaults: CPU, other GPUs
+# Tokens per engine step: on a GPU, vLLM's offline (LLM class) default; on a CPU, 512, not
+# vLLM's 4096. A CPU step of 4096 prompt tokens ran 1.4 ms a token against 0.9 ms in steps of
+# a few hundred, and every decoding row waits the whole step for its next token: alpaca-200 at
+# half its deadlines ran 433-447 tok/s against 386-398, the 1,000-row impossible job 280-289
+# against 267-273 (docs/planner.md, "Token budget"). The linear step model does not see it,
+# so the budget is set, not searched.
+CPU_MAX_BATCHED_TOKENS = 512
 GPU_MAX_BATCHED_TOKENS = 8192
 
 

@@ -151,26 +151,28 @@ class TwoPartLengthModel:
 
     def predict(self, queries: Sequence) -> list[tuple[int, int]]:
         """(point, upper) per query (a LengthQuery), both within [1, max_new_tokens]."""
+        return [(point, upper) for point, upper, _ in self.estimates(queries)]
+
+    def mean_tokens(self, queries: Sequence) -> list[int]:
+        """E[min(X, max_new_tokens)] per query, rounded, within [1, max_new_tokens]: the
+        expected length, what sums of lengths (the job's time) want."""
+        return [mean for _, _, mean in self.estimates(queries)]
+
+    def estimates(self, queries: Sequence) -> list[tuple[int, int, int]]:
+        """(point, upper, mean) per query, from one pass over the prompts (their features are
+        most of the cost: 0.25 s a pass on 1,000 rows)."""
         if not queries:
             return []
         p, m = self.parts(queries)
         caps = np.array([max(int(q.max_new_tokens), 1) for q in queries], dtype=np.float64)
         point = mixture_tokens(p, m, self.sd_len, self.point_quantile, caps, self.tie_break)
         upper = mixture_tokens(p, m, self.sd_len, self.upper_quantile, caps)
+        mean = np.clip(mixture_mean(p, m, self.sd_len, caps), 1.0, caps)
         out = []
-        for pt, up, cap in zip(point, upper, caps, strict=True):
+        for pt, up, mu, cap in zip(point, upper, mean, caps, strict=True):
             tok = int(min(max(round(float(pt)), 1), cap))
-            out.append((tok, int(min(max(round(float(up)), tok), cap))))
+            out.append((tok, int(min(max(round(float(up)), tok), cap)), int(round(float(mu)))))
         return out
-
-    def mean_tokens(self, queries: Sequence) -> list[int]:
-        """E[min(X, max_new_tokens)] per query, rounded, within [1, max_new_tokens]: the
-        expected length, what sums of lengths (the job's time) want."""
-        if not queries:
-            return []
-        p, m = self.parts(queries)
-        caps = np.array([max(int(q.max_new_tokens), 1) for q in queries], dtype=np.float64)
-        return [int(round(float(v))) for v in np.clip(mixture_mean(p, m, self.sd_len, caps), 1.0, caps)]
 
     def features(self) -> list[str]:
         return [PRIOR_FEATURE] if self.use_prior else []

@@ -149,11 +149,9 @@ class HistoryPredictor:
     config: dict | None = None
 
     def predict(self, queries: list[LengthQuery]) -> list[LengthPrediction]:
-        points = self.model.predict(queries)
         if not isinstance(self.model, TwoPartLengthModel):
-            return [LengthPrediction(t, u) for t, u in points]
-        means = self.model.mean_tokens(queries)
-        return [LengthPrediction(t, u, mean) for (t, u), mean in zip(points, means, strict=True)]
+            return [LengthPrediction(t, u) for t, u in self.model.predict(queries)]
+        return [LengthPrediction(t, u, mean) for t, u, mean in self.model.estimates(queries)]
 
     def to_dict(self) -> dict:
         return {

@@ -73,11 +73,12 @@ def candidates(cfg: RunConfig, profile: ModelProfile, cluster: Cluster) -> tuple
     return ["hf", "vllm"], None
 
 
-def choose(planned: Sequence):
+def choose(planned: Sequence, unsearched: Sequence[tuple] = ()):
     """The best of several run.planning.Planned (one per engine, and for vLLM on a CPU one
     per way of splitting the threads into instances), with why it won in its `engine_note`;
     a plan vLLM could not carry out is dropped (its reason in the note). Ties go to the one
-    listed first (hf, then one vLLM instance)."""
+    listed first (hf, then one vLLM instance). `unsearched`: (split, one instance) pairs of plans
+    in deadline order alone, where the split was set aside before its search (plan_rows)."""
     runnable, dropped = [], []
     for p in planned:
         why = _unrunnable(p)
@@ -89,8 +90,10 @@ def choose(planned: Sequence):
     best = _best(p for p, _ in runnable if id(p) not in aside)
     parts = [f"forecast {_score(best)} against {_score(p)} for {p.label}"
              for p, _ in runnable if p is not best and id(p) not in aside]
-    parts += [f"{p.label} set aside: it ends at {_finish(p):.0f} s, one instance at "
-              f"{_finish(one):.0f} s" for p, one in slow]
+    parts += [f"{p.label} set aside: it ends at {finish_s(p):.0f} s, one instance at "
+              f"{finish_s(one):.0f} s" for p, one in slow]
+    parts += [f"{p.label} set aside: in deadline order it ends at {finish_s(p):.0f} s, one "
+              f"instance at {finish_s(one):.0f} s" for p, one in unsearched]
     parts += [f"{p.label} cannot run it: {why}" for p, why in dropped]
     best.engine_note = f"auto: {best.label}" + (f", {'; '.join(parts)}" if parts else "")
     return best
@@ -107,7 +110,7 @@ def _slow_splits(planned: Sequence) -> list[tuple]:
     one = {p.engine: p for p in planned if p.target.instances == 1}
     return [(p, one[p.engine]) for p in planned
             if p.target.instances > 1 and p.engine in one
-            and _finish(p) > _finish(one[p.engine]) / THROUGHPUT_FLOOR]
+            and finish_s(p) > finish_s(one[p.engine]) / THROUGHPUT_FLOOR]
 
 
 def _met(p) -> int:
@@ -135,16 +138,17 @@ def _best(planned) -> object:
         return all(_met(p) >= _met(o) - _tie(p, o, mixed) * rows * _slower(o, p) for o in planned)
 
     pool = [p for p in planned if ties_with_the_best(p)]  # holds the most met, at least
-    return min(pool, key=lambda p: (_finish(p), -_met(p)))
+    return min(pool, key=lambda p: (finish_s(p), -_met(p)))
 
 
-def _finish(p) -> float:
+def finish_s(p) -> float:
+    """When the plan's last row ends (start-up included)."""
     return p.plan.summary.get("finish_s") or 0.0
 
 
 def _slower(p, other) -> float:
     """How many times later than `other` `p` finishes (at least 1)."""
-    return max(1.0, _finish(p) / _finish(other)) if _finish(other) > 0 else 1.0
+    return max(1.0, finish_s(p) / finish_s(other)) if finish_s(other) > 0 else 1.0
 
 
 def _tie(p, other, mixed: bool) -> float:

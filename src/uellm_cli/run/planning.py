@@ -230,18 +230,23 @@ def plan_rows(cfg: RunConfig, rows: Mapping[int, PreparedRow], targets: Targets,
     """The plan of `rows` (the prepared rows still to run), starting after the engine's
     start-up from `now_s` on the run clock. With several targets (one per candidate engine,
     `--engine auto`), each is planned and the best forecast is kept (run/engines.py); the
-    plan's notes say which engine it is for, and why."""
+    plan's notes say which engine it is for, and why. A split of the CPU into vLLM instances
+    is first planned in deadline order alone at vLLM's default concurrency (one simulation),
+    as is one instance: only a split that then ends no later than the one is planned in full
+    and judged by choose(); a slower one is set aside unsearched. The search of its order and
+    concurrency was 1.5-1.7 s of a 1,000-row job's start-up, and a split pays k start-ups and
+    runs slower side by side than any model of it shows (docs/planner.md)."""
     from uellm_cli.plan.planner import make_plan
-    from uellm_cli.run.engines import choose
+    from uellm_cli.run.engines import choose, finish_s
 
     profile = targets.profile
     queries, predictor = predict(cfg, profile.name, rows)
     for i, q in queries.items():
         rows[i].predicted_tokens = q.predicted_tokens
-    planned = []
-    for target in targets.targets:
+
+    def plan_for(target: Target, policy: str) -> Planned:
         plan = make_plan(
-            list(queries.values()), profile, target.cluster, policy=cfg.policy,
+            list(queries.values()), profile, target.cluster, policy=policy,
             objective=objective, calibrations=target.calibrations,
             start_offset_s=now_s + expected_startup_s(profile, target.engine, cfg.backend,
                                                       cluster=target.cluster, instances=target.instances),
@@ -249,8 +254,22 @@ def plan_rows(cfg: RunConfig, rows: Mapping[int, PreparedRow], targets: Targets,
             on_miss=cfg.on_miss, replicas=cfg.replicas, roofline=target.roofline,
             engine=target.engine, cpu_instances=target.instances,
         )
-        planned.append(Planned(plan, queries, profile, target, targets.engine_note))
-    best = choose(planned) if len(planned) > 1 else planned[0]
+        return Planned(plan, queries, profile, target, targets.engine_note)
+
+    planned: list[Planned] = []
+    unsearched: list[tuple[Planned, Planned]] = []  # (split, one instance), in deadline order alone
+    quick_one: dict[str, Planned] = {}  # per engine: one instance, in deadline order alone
+    for target in targets.targets:
+        one = next((t for t in targets.targets if t.engine == target.engine and t.instances == 1), None)
+        if target.instances > 1 and one is not None and cfg.policy == "slo-odbs":
+            if target.engine not in quick_one:
+                quick_one[target.engine] = plan_for(one, "edf")
+            quick = plan_for(target, "edf")
+            if finish_s(quick) > finish_s(quick_one[target.engine]):
+                unsearched.append((quick, quick_one[target.engine]))
+                continue
+        planned.append(plan_for(target, cfg.policy))
+    best = choose(planned, unsearched) if len(planned) > 1 or unsearched else planned[0]
     lengths = f"output lengths: the {predictor} predictor" + (" (auto)" if cfg.predictor == "auto" else "")
     best.plan.notes[:0] = [n for n in (best.engine_note, *targets.notes, lengths) if n]
     return best
