@@ -153,14 +153,11 @@ class TwoPartLengthModel:
         """(point, upper) per query (a LengthQuery), both within [1, max_new_tokens]."""
         return [(point, upper) for point, upper, _ in self.estimates(queries)]
 
-    def mean_tokens(self, queries: Sequence) -> list[int]:
-        """E[min(X, max_new_tokens)] per query, rounded, within [1, max_new_tokens]: the
-        expected length, what sums of lengths (the job's time) want."""
-        return [mean for _, _, mean in self.estimates(queries)]
-
     def estimates(self, queries: Sequence) -> list[tuple[int, int, int]]:
         """(point, upper, mean) per query, from one pass over the prompts (their features are
-        most of the cost: 0.25 s a pass on 1,000 rows)."""
+        most of the cost: 0.25 s a pass on 1,000 rows). The mean is E[min(X, max_new_tokens)],
+        rounded, within [1, max_new_tokens]: the expected length, what sums of lengths (the
+        job's time) want."""
         if not queries:
             return []
         p, m = self.parts(queries)
