@@ -12,8 +12,9 @@ through vLLM with every step recorded (engine/vllm_steps.py), the way a run reco
   and join as the job goes (continuous batching as it really runs).
 The engine takes a run's token budget (plan/continuous.CPU_MAX_BATCHED_TOKENS), so its prefill
 steps are the size a run's are. The steps are fitted to
-d0 + d1 * rows + d2 * context + p1 * prefill + p2 * attention (profile/run_calibration.fit_steps) and stored as a vllm Calibration. Grid points stop at
-b * L <= max_decode_tokens to keep it to a minute or two on a small CPU.
+d0 + d1 * rows + d2 * context + p1 * prefill + p2 * attention (profile/run_calibration.fit_steps)
+and stored as a vllm Calibration. Grid points stop at b * L <= max_decode_tokens to keep it to
+a minute or two on a small CPU.
 """
 
 from __future__ import annotations

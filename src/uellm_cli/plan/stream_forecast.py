@@ -309,10 +309,11 @@ def _search(rows, running, seqs_options, limits_for, step, start_s, progress, al
     in deadline order, demoted rows, and the simulation of them all when deadline order was
     taken as it is, else None). Only candidates whose simulation ends within
     THROUGHPUT_FLOOR of the fastest one's span are judged (HEAD_THROUGHPUT_FLOOR when only the
-    head is): deadlines are not bought with the throughput the whole job pays for. If deadline order at the fastest max_num_seqs meets
-    every deadline, it is taken. Else every (max_num_seqs, early profile)
-    candidate is judged by demoting under it (_order_by_simulation) and simulating: most
-    deadlines met, then the earliest end. Each starts once its KV cache is allocated
+    head is): deadlines are not bought with the throughput the whole job pays for. If deadline
+    order at the fastest max_num_seqs meets every deadline, it is taken. Else every
+    (max_num_seqs, early profile) candidate is judged by demoting under it
+    (_order_by_simulation) and simulating: most deadlines met, then the earliest end; the best
+    DRAW_FINALISTS are judged again on drawn lengths (_drawn_key). Each starts once its KV cache is allocated
     (`alloc`: a cache for 256 rows starts seconds later on a CPU). On a large job every
     candidate is judged on its first SEARCH_ROWS rows in deadline order (where the tight
     deadlines are; deadline order is then checked on every row before it is taken); the
