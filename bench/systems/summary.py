@@ -17,6 +17,7 @@ COLUMNS = (
     ("makespan_s", "makespan s", "{:.1f}", False),
     ("tok_s", "tok/s", "{:.1f}", True),
     ("slo_attainment", "SLO att.", "{:.2f}", True),
+    ("slo_forecast", "SLO fc", "{:.2f}", None),
     ("bound", "bound", "{:.2f}", True),
     ("mean_latency_s", "mean lat s", "{:.1f}", False),
     ("p99_latency_s", "p99 lat s", "{:.1f}", False),
@@ -28,8 +29,8 @@ COLUMNS = (
     ("own_replay_error", "own-step replay err", "{:+.1%}", None),
     ("own_replay_row_error", "own-step row err", "{:.1%}", None),
 )
-NO_RATIO = {"bound", "forecast_error", "replay_error", "replay_row_error", "own_replay_error",
-            "own_replay_row_error"}
+NO_RATIO = {"bound", "slo_forecast", "forecast_error", "replay_error", "replay_row_error",
+            "own_replay_error", "own_replay_row_error"}
 
 
 def text_digest(text: str | None) -> str | None:
@@ -71,6 +72,7 @@ def figures(run: SystemRun, deadlines: dict[int, float | None]) -> dict:
         "load_s": run.load_s, "makespan_s": makespan, "gen_s": gen_s,
         "tok_s": tok_s,
         "slo_attainment": met / len(with_deadline) if with_deadline else None,
+        "slo_forecast": fc.get("slo_attainment"),  # the plan's, before the run
         "bound": fluid_bound(by_index, deadlines, tok_s, run.load_s or 0.0),
         "mean_latency_s": sum(finishes) / len(finishes) if finishes else None,
         "p99_latency_s": percentile(finishes, 99),

@@ -79,9 +79,12 @@ def run(spec: SystemSpec, ctx: BenchContext) -> SystemRun:
         weights = doc.get("model_load_s", metrics.get("model_load_s"))
         if weights is not None:
             result.notes.append(f"uellm model_load_s (weights only) {weights:.2f} s")
-        replay = (metrics.get("forecast") or {}).get("replay") or {}
+        fc = metrics.get("forecast") or {}
+        replay = fc.get("replay") or {}
         own = replay.get("own_steps") or {}  # replayed on a step model fitted to this run's steps
         result.forecast = {"makespan_error": metrics.get("makespan_forecast_error"),
+                           # deadlines met: expected over drawn lengths where the plan has it
+                           "slo_attainment": fc.get("expected_slo_attainment", fc.get("slo_attainment")),
                            "replay_makespan_error": replay.get("makespan_error"),
                            "replay_row_error": replay.get("row_finish_error_median"),
                            "own_replay_makespan_error": own.get("makespan_error"),

@@ -76,8 +76,40 @@ def test_the_expected_end_runs_the_chosen_order_at_the_mean_lengths():
 
     args = (mean.batches, {q.index: q for q in looping}, mean.deployment.replicas,
             CostModel(model, cluster([gpu(0, mem_gb=24)])))
-    assert sf.stream_forecast(*args, start_s=0.0).expected_end_s is None
+    revised = sf.stream_forecast(*args, start_s=0.0)
+    assert revised.expected_end_s is None and revised.met_draws == []
     assert sf.stream_forecast(*args, start_s=0.0, expected=True).expected_end_s > 0
+
+
+def test_the_deadlines_expected_are_counted_over_draws_of_the_lengths():
+    """Rows that make their deadline at their points with little to spare: any row that runs
+    longer misses, so over draws of uncertain lengths fewer are expected to meet their
+    deadline than the points say, and the range holds the expectation; rows predicted exactly
+    (upper = point) expect what their points say. The plan itself is the points' either way."""
+    from dataclasses import replace
+
+    model = llama_like(layers=8, hidden=1024, heads=8, kv_heads=8, inter=2816)
+    gpus = cluster([gpu(0, mem_gb=24)])
+    exact = [query(i, prompt=200, pred=60, deadline=0.2 + 0.005 * i, max_new=512) for i in range(300)]
+    point = make_plan(exact, model, gpus, engine="vllm").summary
+    met_at_points = point["slo_attainment"]
+    assert 0.2 < met_at_points < 1.0  # some miss, so the deadlines are tight for the rest
+    assert point["expected_slo_attainment"] == met_at_points
+    assert point["slo_attainment_range"] == [met_at_points, met_at_points]
+    assert point["slo_draws"] == sf.FORECAST_DRAWS
+    uncertain = make_plan([replace(q, predicted_upper=240) for q in exact], model, gpus,
+                          engine="vllm")
+    s = uncertain.summary
+    assert s["slo_attainment"] == met_at_points
+    assert s["expected_slo_attainment"] < met_at_points - 0.05
+    low, high = s["slo_attainment_range"]
+    assert low <= s["expected_slo_attainment"] <= high
+
+
+def test_large_jobs_draw_fewer_lengths():
+    assert sf.forecast_draws(1000) == sf.FORECAST_DRAWS
+    assert sf.forecast_draws(100_000) == sf.MIN_FORECAST_DRAWS
+    assert sf.MIN_FORECAST_DRAWS < sf.forecast_draws(5_000) < sf.FORECAST_DRAWS
 
 
 def test_a_running_row_past_its_mean_still_has_a_token_to_come():
@@ -221,11 +253,27 @@ def test_lengths_are_drawn_around_each_rows_prediction():
     rows = [query(i, prompt=8, pred=40, upper=80, max_new=128) for i in range(2000)]
     exact = query(9999, prompt=8, pred=33, upper=33, max_new=128)
     (drawn,) = sf.length_draws([*rows, exact], 1)
-    lengths = sorted(drawn[q.index].predicted_tokens for q in rows)
+    lengths = sorted(drawn[q.index] for q in rows)
     assert 37 <= lengths[1000] <= 43 and 74 <= lengths[1800] <= 86
     assert lengths[0] >= 1 and lengths[-1] <= 128
-    assert drawn[exact.index].predicted_tokens == 33
+    assert drawn[exact.index] == 33
     assert sf.length_draws(rows[:50], 3) == sf.length_draws(rows[:50], 3)
+
+
+def test_drawn_lengths_carry_no_more_work_than_the_rows_means():
+    """A row predicted at 40 whose upper says 80 but whose mean is 44: drawn to its upper, the
+    draws would average ~47; they average its mean instead, with the point still their median.
+    A mean that allows the upper's spread keeps it."""
+    from dataclasses import replace
+
+    rows = [replace(query(i, prompt=8, pred=40, upper=80, max_new=512), expected_tokens=44)
+            for i in range(4000)]
+    lengths = sorted(d[q.index] for d in sf.length_draws(rows, 2) for q in rows)
+    assert 43 <= sum(lengths) / len(lengths) <= 45.5
+    assert 38 <= lengths[len(lengths) // 2] <= 42 and lengths[int(0.9 * len(lengths))] < 75
+    wide = [replace(q, expected_tokens=60) for q in rows]
+    lengths = sorted(d[q.index] for d in sf.length_draws(wide, 2) for q in wide)
+    assert 75 <= lengths[int(0.9 * len(lengths))] <= 86
 
 
 def test_the_finalists_are_judged_on_drawn_lengths(monkeypatch):
@@ -243,8 +291,7 @@ def test_the_finalists_are_judged_on_drawn_lengths(monkeypatch):
         order = kept + sf._late_order(late)
         met = 0
         for drawn in sf.length_draws(order, 30)[10:]:
-            rows_drawn = [drawn[q.index] for q in order]
-            met += sf._met(rows_drawn, sf._simulate(rows_drawn, lim, _cpu_like_step, 0.0))
+            met += sf._met(order, sf._simulate(order, lim, _cpu_like_step, 0.0, lengths=drawn))
         return lim, met
 
     on_draws, met_draws = chosen()

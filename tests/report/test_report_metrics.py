@@ -195,6 +195,11 @@ def test_forecast_summary_of_a_plan():
     assert f["expected_makespan_s"] is None
     plan.summary["expected_makespan_s"] = 14.0
     assert M.forecast_summary(plan)["expected_makespan_s"] == 14.0
+    assert "expected_slo_attainment" not in f  # a plan not simulated on drawn lengths
+    plan.summary |= {"expected_slo_attainment": 0.4, "slo_attainment_range": [0.3, 0.5], "slo_draws": 16}
+    drawn = M.forecast_summary(plan)
+    assert (drawn["expected_slo_attainment"], drawn["slo_attainment_range"], drawn["slo_draws"]) == \
+        (0.4, [0.3, 0.5], 16)
 
 
 def test_the_forecast_error_is_of_the_expected_makespan_when_there_is_one():

@@ -99,9 +99,23 @@ def test_terminal_summary_is_short_and_has_units(tmp_path):
     text = console.export_text()
     assert "SLO attainment" in text and "%" in text
     assert "tok/s" in text and "p99" in text and "model load" in text
-    assert "forecast makespan" in text
+    assert "forecast makespan" in text and "forecast SLO" not in text
     assert str(tmp_path / "report.html") in text
     assert len(text.strip().splitlines()) <= 10
+
+
+def test_terminal_summary_sets_the_deadlines_expected_beside_the_actual(tmp_path):
+    results, batches, _ = make_run(20)
+    m = summarize(results, batches, forecast={"makespan_s": 3.0, "slo_attainment": 0.9,
+                                              "expected_slo_attainment": 0.55,
+                                              "slo_attainment_range": [0.5, 0.6], "slo_draws": 16})
+    console = Console(record=True, width=200)
+    console.print(terminal_summary(m, out_dir=tmp_path))
+    line = next(s for s in console.export_text().splitlines() if "forecast SLO" in s)
+    assert "55.0% expected (50.0%-60.0% over 16 draws" in line
+    assert f"actual {100 * m.slo_attainment:.1f}%" in line
+    _, html = render(tmp_path, results, batches, [], forecast=m.forecast)
+    assert "rows at their likeliest lengths" in html and "55.0% expected (50.0%-60.0%" in html
 
 
 def test_report_json_holds_what_rerendering_needs(tmp_path):

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 
 from uellm_cli.config import ON_MISS
 from uellm_cli.errors import ConfigError, DoesNotFitError
@@ -59,6 +59,7 @@ class _Judged:
     judged_rows: int
     notes: list[str]
     expected_end_s: float | None = None  # StreamPlan.expected_end_s
+    met_draws: list[int] = field(default_factory=list)  # StreamPlan.met_draws
 
     @property
     def n_devices(self) -> int:
@@ -176,7 +177,7 @@ def make_plan(
         alternatives=alternatives,
         notes=notes,
         skipped=sorted(skipped),
-        summary=metrics.to_dict() | _expected_makespan(chosen, metrics),
+        summary=metrics.to_dict() | _expected(chosen, metrics),
         cost_model=cost.describe(),
         stream=stream,
     )
@@ -299,7 +300,8 @@ def _streamed(chosen: _Judged, queries, cost, policy, start, max_batch_size, par
     if policy != "slo-odbs":
         streamed.notes[:0] = notes
     return (_Judged(chosen.deployment, streamed.batches, streamed.forecast, chosen.metrics,
-                    len(queries), streamed.notes, streamed.expected_end_s), streamed.limits)
+                    len(queries), streamed.notes, streamed.expected_end_s, streamed.met_draws),
+            streamed.limits)
 
 
 def cpu_instances_deployment(dep: Deployment, k: int) -> Deployment:
@@ -312,13 +314,21 @@ def cpu_instances_deployment(dep: Deployment, k: int) -> Deployment:
     return Deployment(CPU_INSTANCES_STRATEGY, replicas, note=f"{k} instances on the CPU, {dep.note}")
 
 
-def _expected_makespan(chosen: _Judged, metrics: ForecastMetrics) -> dict:
-    """{"expected_makespan_s": the makespan at the rows' mean lengths} for a continuous-batching
-    plan whose rows have means, else {}. The rest of the summary, and every choice, stays at
-    the point lengths (stream_forecast's docstring)."""
-    if chosen.expected_end_s is None or metrics.start_s is None:
-        return {}
-    return {"expected_makespan_s": chosen.expected_end_s - metrics.start_s}
+def _expected(chosen: _Judged, metrics: ForecastMetrics) -> dict:
+    """What a continuous-batching plan expects beyond its rows' point lengths (stream_forecast's
+    docstring): "expected_makespan_s", the makespan at the rows' mean lengths (when they have
+    means); "expected_slo_attainment", the mean share of deadlines met over draws of the rows'
+    lengths, with the least and most of any draw ("slo_attainment_range") and the number of
+    draws. The rest of the summary, and every choice, stays at the point lengths."""
+    out: dict = {}
+    if chosen.expected_end_s is not None and metrics.start_s is not None:
+        out["expected_makespan_s"] = chosen.expected_end_s - metrics.start_s
+    with_deadline, draws = metrics.rows_with_deadline, chosen.met_draws
+    if draws and with_deadline:
+        out |= {"expected_slo_attainment": sum(draws) / len(draws) / with_deadline,
+                "slo_attainment_range": [min(draws) / with_deadline, max(draws) / with_deadline],
+                "slo_draws": len(draws)}
+    return out
 
 
 def _pick(judged: list[_Judged], objective: str) -> _Judged:

@@ -42,3 +42,15 @@ def fmt_si(x: float | None, unit: str) -> str:
         if x >= size:
             return f"{x / size:.1f} {prefix}{unit}"
     return f"{x:.0f} {unit}"
+
+
+def fmt_expected_slo(forecast: dict | None) -> str | None:
+    """"55% expected (51-59% over 16 draws of the rows' lengths)" for a forecast with drawn
+    lengths (report/metrics.EXPECTED_SLO_KEYS), else None."""
+    forecast = forecast or {}
+    expected = forecast.get("expected_slo_attainment")
+    if expected is None:
+        return None
+    low, high = forecast.get("slo_attainment_range") or (expected, expected)
+    return (f"{fmt_pct(expected)} expected ({fmt_pct(low)}-{fmt_pct(high)} over "
+            f"{forecast.get('slo_draws')} draws of the rows' lengths)")

@@ -200,6 +200,10 @@ def forecast_makespan(forecast: dict | None) -> float | None:
     return expected if expected is not None else forecast.get("makespan_s")
 
 
+# A continuous-batching forecast's deadlines met over draws of the rows' lengths (planner._expected)
+EXPECTED_SLO_KEYS = ("expected_slo_attainment", "slo_attainment_range", "slo_draws")
+
+
 def forecast_summary(plan: Plan, predicted_tokens: dict[int, int] | None = None) -> dict:
     """The forecast dict of a plan/types.Plan, by the same definitions as the measurement.
 
@@ -218,6 +222,7 @@ def forecast_summary(plan: Plan, predicted_tokens: dict[int, int] | None = None)
         "makespan_s": ms,
         "expected_makespan_s": plan.summary.get("expected_makespan_s"),
         "slo_attainment": sum(verdicts) / len(verdicts) if verdicts else None,
+        **{k: plan.summary[k] for k in EXPECTED_SLO_KEYS if k in plan.summary},
         "throughput_tok_s": _per_second(tokens, ms) if tokens is not None else None,
         "padding_waste": waste,
         "start_offset_s": plan.start_offset_s,

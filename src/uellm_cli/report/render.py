@@ -18,7 +18,7 @@ from rich.text import Text
 
 from uellm_cli.jobs.durable import atomic_write_bytes
 from uellm_cli.jobs.results import BatchRecord, RowResult
-from uellm_cli.report.formats import fmt_pct, fmt_rate, fmt_s, fmt_signed_pct
+from uellm_cli.report.formats import fmt_expected_slo, fmt_pct, fmt_rate, fmt_s, fmt_signed_pct
 from uellm_cli.report.metrics import RunMetrics, forecast_makespan
 
 REPORT_JSON = "report.json"
@@ -48,6 +48,9 @@ def summary_lines(m: RunMetrics) -> list[tuple[str, str]]:
     if fc is not None:
         lines.append(("forecast makespan",
                       f"{fmt_s(fc)} (actual {fmt_s(m.makespan_s)}, error {fmt_signed_pct(m.makespan_forecast_error)})"))
+    slo = fmt_expected_slo(m.forecast)
+    if slo is not None:
+        lines.append(("forecast SLO att.", f"{slo}; actual {fmt_pct(m.slo_attainment)}"))
     return lines
 
 

@@ -11,7 +11,14 @@ from pathlib import Path
 from uellm_cli.jobs.durable import atomic_write_bytes
 from uellm_cli.jobs.results import BatchRecord, RowResult
 from uellm_cli.report import plots
-from uellm_cli.report.formats import fmt_bytes, fmt_pct, fmt_rate, fmt_s, fmt_signed_pct
+from uellm_cli.report.formats import (
+    fmt_bytes,
+    fmt_expected_slo,
+    fmt_pct,
+    fmt_rate,
+    fmt_s,
+    fmt_signed_pct,
+)
 from uellm_cli.report.metrics import RunMetrics, forecast_makespan, row_latency, row_slo_met
 from uellm_cli.report.render import REPORT_HTML
 
@@ -89,10 +96,14 @@ def _forecast(m: RunMetrics) -> str:
         return '<p class="note">No forecast was recorded for this run.</p>'
     f = m.forecast
     expected = f.get("expected_makespan_s") is not None
+    drawn = fmt_expected_slo(f)
     rows = [
         ("makespan" + (" (rows at their mean predicted lengths)" if expected else ""),
          fmt_s(forecast_makespan(f)), fmt_s(m.makespan_s), fmt_signed_pct(m.makespan_forecast_error)),
-        ("SLO attainment", fmt_pct(f.get("slo_attainment")), fmt_pct(m.slo_attainment), ""),
+        ("SLO attainment" + (" (rows at their likeliest lengths)" if drawn else ""),
+         fmt_pct(f.get("slo_attainment")), fmt_pct(m.slo_attainment), ""),
+        *([("SLO attainment, expected over draws of the rows' lengths", drawn,
+            fmt_pct(m.slo_attainment), "")] if drawn else []),
         ("throughput", fmt_rate(f.get("throughput_tok_s")), fmt_rate(m.throughput_tok_s), ""),
         ("padding waste", fmt_pct(f.get("padding_waste")), fmt_pct(m.padding_waste), ""),
     ]
