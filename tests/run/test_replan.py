@@ -102,15 +102,19 @@ def test_a_stream_is_rescheduled_at_the_speed_its_steps_ran():
     assert span(plan) == pytest.approx(1.3 * span(as_calibrated), rel=0.02)
 
 
-def test_a_stream_on_the_plans_clock_and_speed_is_left_alone():
+def test_a_stream_at_the_plans_speed_is_left_alone_however_its_rows_end():
+    """Rows of a stream that end off their forecast ended off their predicted lengths, which a
+    revision would guess again: only the engine's speed re-plans a stream."""
     replanner, _, record, pending = _first_rows_done(late_s=0.2)
     assert replanner(pending, record, progress={}, steps=_steps(replanner, 1.05)) is None
-    # without steps the factor stays where it is; only being off the clock re-plans
-    assert replanner(pending, record, progress={}) is None
+    assert replanner(pending, record, progress={}) is None  # no steps: the factor stays
+    replanner, _, late, pending = _first_rows_done(late_s=6.0, **TIGHT)
+    _capped(replanner)  # a revision would meet more: it is not asked for
+    assert replanner(pending, late, progress={}, steps=_steps(replanner, 1.05)) is None
+    assert replanner(pending, late, progress={}) is None
     assert replanner.replans == replanner.kept == 0
-    replanner, _, late, pending = _first_rows_done(late_s=6.0)
-    replanner(pending, late, progress={})  # planned again (taken or not: still_met decides)
-    assert replanner.replans + replanner.kept == 1 and replanner.scale == 1.0
+    replanner(pending, late, progress={}, steps=_steps(replanner, 1.3))  # the speed moved
+    assert replanner.replans + replanner.kept == 1 and replanner.scale == pytest.approx(1.3)
 
 
 def test_too_few_steps_leave_the_speed_factor_where_it_is():
