@@ -115,7 +115,7 @@ def test_terminal_summary_sets_the_deadlines_expected_beside_the_actual(tmp_path
     assert "55.0% expected (50.0%-60.0% over 16 draws" in line
     assert f"actual {100 * m.slo_attainment:.1f}%" in line
     _, html = render(tmp_path, results, batches, [], forecast=m.forecast)
-    assert "rows at their likeliest lengths" in html and "55.0% expected (50.0%-60.0%" in html
+    assert "rows at their likely lengths" in html and "55.0% expected (50.0%-60.0%" in html
 
 
 def test_report_json_holds_what_rerendering_needs(tmp_path):

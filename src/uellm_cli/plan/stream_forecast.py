@@ -25,7 +25,7 @@ takes the time of those loops, which no row's point holds. The deadlines the job
 to meet come from simulating the chosen plan again on FORECAST_DRAWS draws of every row's
 length (length_draws): at the points every kept row finishes just in time, so any row longer
 than its point makes it miss, and the count at the points promised 694-712 of 1,000 rows on
-jobs where 577-614 were met with the true lengths (docs/planner.md, "Deadlines expected").
+jobs where 543-588 were met with the true lengths (docs/planner.md, "Deadlines expected").
 """
 
 from __future__ import annotations
@@ -84,7 +84,7 @@ DRAW_FINALISTS = 4
 LENGTH_DRAWS = 4
 # Draws of the chosen plan for the deadlines it can expect to meet (StreamPlan.met_draws); on a
 # large job fewer, down to MIN_FORECAST_DRAWS, so that at most DRAWN_ROWS rows are simulated
-# (a large job's share met varies little from draw to draw; 4 draws of 100,000 rows took 8 s).
+# (a large job's share met varies little from draw to draw; 4 draws of 100,000 rows took 8.6 s).
 FORECAST_DRAWS = 16
 MIN_FORECAST_DRAWS = 2
 DRAWN_ROWS = 40_000

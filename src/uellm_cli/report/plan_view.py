@@ -30,7 +30,8 @@ def render_plan(plan: Plan, profile: ModelProfile, cluster: Cluster,
         _timeline_table(plan),
         f"forecast: makespan {fmt_s(summary.get('makespan_s'))}{_expected(summary)}, SLO attainment "
         f"{fmt_pct(summary.get('slo_attainment'))}{_drawn(summary)} of "
-        f"{summary.get('rows_with_deadline', 0)} rows with a deadline, throughput {fmt_rate(summary.get('throughput_tok_s'))}, padding waste "
+        f"{summary.get('rows_with_deadline', 0)} rows with a deadline, throughput "
+        f"{fmt_rate(summary.get('throughput_tok_s'))}, padding waste "
         f"{fmt_pct(summary.get('padding_waste'))}; first batch at {plan.start_offset_s:.1f} s "
         "(after loading)",
         _missed_table(plan, queries),

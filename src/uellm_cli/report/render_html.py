@@ -100,7 +100,7 @@ def _forecast(m: RunMetrics) -> str:
     rows = [
         ("makespan" + (" (rows at their mean predicted lengths)" if expected else ""),
          fmt_s(forecast_makespan(f)), fmt_s(m.makespan_s), fmt_signed_pct(m.makespan_forecast_error)),
-        ("SLO attainment" + (" (rows at their likeliest lengths)" if drawn else ""),
+        ("SLO attainment" + (" (rows at their likely lengths)" if drawn else ""),
          fmt_pct(f.get("slo_attainment")), fmt_pct(m.slo_attainment), ""),
         *([("SLO attainment, expected over draws of the rows' lengths", drawn,
             fmt_pct(m.slo_attainment), "")] if drawn else []),
