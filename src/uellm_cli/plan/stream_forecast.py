@@ -191,8 +191,11 @@ def stream_forecast(batches: Sequence[PlannedBatch], queries: Mapping[int, Query
         if expected and any(q.expected_tokens is not None for q in order):
             end = _simulate(order, lim, step, begin, progress, expected=True).end_s
             out.expected_end_s = max(out.expected_end_s or 0.0, end or begin)
-        for d, drawn in enumerate(length_draws(order, draws)):
-            out_met[d] += _met(order, _simulate(order, lim, step, begin, progress, lengths=drawn))
+        if any(_log_spread(q) > 0 for q in order):
+            for d, drawn in enumerate(length_draws(order, draws)):
+                out_met[d] += _met(order, _simulate(order, lim, step, begin, progress, lengths=drawn))
+        else:  # every row predicted exactly (--predictor cap): each draw is the points' simulation
+            out_met = [met + _met(order, sim) for met in out_met]
         for rank, q in enumerate(order):
             start, finish = sim.start_s[q.index], sim.finish_s[q.index]
             fc = RowForecast(q.index, rep.index, rank_base + rank, start, finish, q.deadline_s)
@@ -261,7 +264,8 @@ def _simulate(order: Sequence[Query], limits: StreamLimits, step: StepTimer, sta
     `order`, or `ranks` (a plan's, counted from its first row)."""
     progress = progress or {}
     lengths = lengths or {}
-    return simulate([SimRequest(q.index, q.prompt_tokens, max(1, lengths.get(q.index) or _length(q, expected)),
+    return simulate([SimRequest(q.index, q.prompt_tokens,
+                                max(1, lengths.get(q.index) or _length(q, expected)),
                                 ranks[q.index] if ranks is not None else r, progress.get(q.index, 0))
                      for r, q in enumerate(order)], limits, step, start_s=start_s)
 
