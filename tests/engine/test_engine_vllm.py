@@ -118,6 +118,7 @@ def test_cpu_replicas_share_one_vllm_instance_sized_from_the_plan():
         .max_num_seqs == 2
     assert s.in_process and s.pipeline_parallel_size == 1 and s.dtype == "float32"
     assert s.llm_kwargs()["scheduling_policy"] == "priority"
+    assert s.llm_kwargs()["enable_prefix_caching"] is True  # the plan counts on it
     assert any("2 CPU replicas run as one vLLM instance" in n for n in notes)
 
 
@@ -724,24 +725,17 @@ def test_vllm_resume_after_a_partial_log(tmp_path, vllm_model, hf_reference, mon
         assert rows[i]["finished_s"] == rec["finished_s"]
 
 
-def test_the_simulator_finishes_rows_in_the_steps_vllm_does(vllm_model):
-    """The planner's simulation of vLLM's scheduler (plan/continuous.py) against vLLM itself:
-    few rows at once, prompts longer than a step's token budget (chunked prefill), priorities
-    out of queue order. Given the lengths vLLM generated, every row ends in the same step."""
+def _run_by_steps(vllm_model, reqs: list[StreamRequest], **limits):
+    """Run `reqs` on a vLLM of their own (a 40-token budget, `limits`), the clock counting
+    steps: the stats, the step each row ended in and the tokens it made."""
     from uellm_cli.engine.models import load_tokenizer, resolve_model
-    from uellm_cli.plan.continuous import SimRequest, simulate
 
     resolved = resolve_model(str(vllm_model))
     settings = vllm_engine.VLLMSettings(
         model=str(resolved.path), replicas=(0,), dtype="float32", max_model_len=512,
-        kv_cache_bytes=32 << 20, max_num_seqs=3, max_num_batched_tokens=40)
+        kv_cache_bytes=32 << 20, max_num_batched_tokens=40, **limits)
     engine = vllm_engine.VLLMEngine(load_tokenizer(resolved), vllm_engine.start_llm(settings),
                                     generation_config=vllm_engine.generation_eos(resolved))
-    prompt_lens = [12, 70, 25, 55, 8, 90, 33, 47]
-    budgets = [9, 4, 12, 6, 10, 3, 8, 5]
-    priority = [5, 2, 7, 0, 3, 6, 1, 4]
-    reqs = [StreamRequest(i, [10 + (i + j) % 40 for j in range(n)], budgets[i], Sampling(), priority[i])
-            for i, n in enumerate(prompt_lens)]
     step = [0]
     ended: dict[int, int] = {}
     made: dict[int, int] = {}
@@ -753,13 +747,57 @@ def test_the_simulator_finishes_rows_in_the_steps_vllm_does(vllm_model):
             made[d.index] = d.generated.output_tokens
 
     stats = engine.run_stream(reqs, clock=lambda: float(step[0]), on_step=on_step)
-    assert stats.steps == step[0] and len(ended) == len(reqs)
+    assert stats.steps == step[0]
+    return stats, ended, made
+
+
+def test_the_simulator_finishes_rows_in_the_steps_vllm_does(vllm_model):
+    """The planner's simulation of vLLM's scheduler (plan/continuous.py) against vLLM itself:
+    few rows at once, prompts longer than a step's token budget (chunked prefill), priorities
+    out of queue order. Given the lengths vLLM generated, every row ends in the same step."""
+    from uellm_cli.plan.continuous import SimRequest, simulate
+
+    prompt_lens = [12, 70, 25, 55, 8, 90, 33, 47]
+    budgets = [9, 4, 12, 6, 10, 3, 8, 5]
+    priority = [5, 2, 7, 0, 3, 6, 1, 4]
+    reqs = [StreamRequest(i, [10 + (i + j) % 40 for j in range(n)], budgets[i], Sampling(), priority[i])
+            for i, n in enumerate(prompt_lens)]
+    stats, ended, made = _run_by_steps(vllm_model, reqs, max_num_seqs=3)
+    assert len(ended) == len(reqs)
     sim = simulate([SimRequest(r.index, len(r.prompt_ids), made[r.index], r.priority) for r in reqs],
                    StreamLimits(max_num_seqs=3, max_num_batched_tokens=40, kv_cache_bytes=32 << 20,
                                 kv_blocks=256, block_size=128, max_model_len=512),
                    lambda *_: 1.0)
     assert {i: round(s) for i, s in sim.finish_s.items()} == ended
     assert sim.steps == stats.steps
+
+
+def test_the_prefix_cache_serves_the_tokens_the_simulator_counts(vllm_model):
+    """Rows that share their first 70 prompt tokens, in blocks of 32, one at a time: vLLM's
+    prefix cache serves 64 of them to every row after the first, the steps recorded hold only
+    the tokens vLLM computed, and the simulator, given the tokens plan/prefixes.py says the
+    cache serves, prefills as much in each step and ends every row in vLLM's step."""
+    from uellm_cli.plan.continuous import SimRequest, simulate
+    from uellm_cli.plan.prefixes import cached_tokens, shared_prefixes
+
+    prompts = [[11 + j % 30 for j in range(70)] + [50 + i + j for j in range(5 + 7 * i)] for i in range(4)]
+    cached = [cached_tokens(n, len(p), 32) for n, p in zip(shared_prefixes(prompts), prompts, strict=True)]
+    assert cached == [0, 64, 64, 64]
+    reqs = [StreamRequest(i, p, 3, Sampling(), i) for i, p in enumerate(prompts)]
+    stats, ended, made = _run_by_steps(vllm_model, reqs, max_num_seqs=1, block_size=32)
+    held: list[int] = []
+
+    def timer(prefill_tokens, *_):
+        held.append(prefill_tokens)
+        return 1.0
+
+    sim = simulate([SimRequest(i, len(p), made[i], i, cached_tokens=c)
+                    for i, (p, c) in enumerate(zip(prompts, cached, strict=True))],
+                   StreamLimits(max_num_seqs=1, max_num_batched_tokens=40, kv_cache_bytes=32 << 20,
+                                kv_blocks=1024, block_size=32, max_model_len=512), timer)
+    assert [s.prefill_tokens for s in stats.step_log] == held
+    assert sum(held) == sum(len(p) for p in prompts) - 3 * 64
+    assert {i: round(s) for i, s in sim.finish_s.items()} == ended
 
 
 def test_vllm_steps_record_the_hosts_time_between_them(vllm_model):

@@ -60,6 +60,16 @@ def test_a_long_prompt_is_prefilled_in_chunks_of_the_token_budget():
     assert r.finish_s[0] == 3.0
 
 
+def test_a_row_whose_prompt_start_the_cache_holds_prefills_only_the_rest():
+    steps = Steps()
+    # a 10-token prompt in chunks of 4: 4, 4, 2 tokens; with 8 served by the prefix cache, the
+    # last 2 in one step, which samples its only token
+    r = simulate([SimRequest(0, 10, 1, 0, cached_tokens=8), SimRequest(1, 10, 1, 1)],
+                 _limits(budget=4, seqs=1), steps)
+    assert steps.held == [(2, 0, 1), (4, 0, 0), (4, 0, 0), (2, 0, 1)]
+    assert r.finish_s == {0: 1.0, 1: 4.0}
+
+
 def test_out_of_blocks_the_lowest_priority_row_is_preempted_and_recomputed():
     steps = Steps()
     # one token per block, 10 blocks: both rows fit their prompts and two tokens, not three
@@ -104,6 +114,8 @@ def test_the_lazy_decoding_set_gives_the_row_by_row_schedule(rows, seqs, budget,
     reqs = [SimRequest(i, rng.randint(5, 300), rng.randint(1, 200), rng.randint(0, rows),
                        generated=rng.choice([0, 0, 0, 3]) if i < 10 else 0) for i in range(rows)]
     reqs = [r if r.output_tokens > r.generated else replace(r, generated=0) for r in reqs]
+    reqs = [replace(r, cached_tokens=(r.prompt_tokens - 1) // block * block) if r.index % 3 == 1 else r
+            for r in reqs]  # the prefix cache serves some rows' prompts
     lim = replace(_limits(seqs=seqs, budget=budget, blocks=blocks, block=block),
                   early_cap=early, early_rows=rows // 3 if early else 0)
     if held is not None:

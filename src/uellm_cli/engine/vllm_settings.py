@@ -47,6 +47,7 @@ class VLLMSettings:
             max_model_len=self.max_model_len, kv_cache_memory_bytes=self.kv_cache_bytes,
             scheduling_policy="priority", trust_remote_code=self.trust_remote_code,
             disable_log_stats=True, use_tqdm_on_load=False,
+            enable_prefix_caching=True,  # the plan counts on it (plan/prefixes.py)
         )
         for key in ("max_num_seqs", "max_num_batched_tokens", "block_size"):
             if getattr(self, key):

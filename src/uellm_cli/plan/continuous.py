@@ -17,8 +17,13 @@ Rules mirrored from `vllm/v1/core/sched/scheduler.py` (0.32), those that change 
 - A request whose computed tokens catch up with its tokens samples one token in that step (the
   first at the end of its prefill); it leaves when it has its (predicted) output length,
   and its blocks are freed at the end of that step.
-Left out: prefix caching (our prompts are distinct), speculative decoding, the long-prefill
-threshold (0 by default), async scheduling and multi-step overlap, pipeline-parallel bubbles.
+- Prefix caching: a request whose prompt starts with tokens another row of the job has
+  computed is admitted with the whole blocks of them already computed (never its last prompt
+  token), and prefills the rest (SimRequest.cached_tokens, plan/prefixes.py). The first row of
+  each shared prefix is counted as served too, and the shared blocks as its own (KV is
+  counted as if unshared): a few rows' prefill, on the safe side for memory.
+Left out: speculative decoding, the long-prefill threshold (0 by default), async scheduling and
+multi-step overlap, pipeline-parallel bubbles, the eviction of cached blocks.
 """
 
 from __future__ import annotations
@@ -55,11 +60,12 @@ def aligned_model_len(tokens: int, max_context: int) -> int:
 
 def stream_limits(replica_rows: Sequence[tuple[int, int]], *, kv_bytes_per_token: int,
                   max_context: int, kv_budget_bytes: int, max_num_seqs: int | None,
-                  on_gpu: bool) -> StreamLimits:
+                  on_gpu: bool, block_size: int | None = None) -> StreamLimits:
     """Limits for one instance serving rows of (prompt tokens, max_new_tokens): at most
     `max_num_seqs` at once (None: vLLM's default 256), and a KV cache that holds that many of
     the longest rows at full length (no preemption), capped by the replica's KV budget, never
-    below one whole request (vLLM refuses to start below it)."""
+    below one whole request (vLLM refuses to start below it); KV blocks of `block_size`
+    tokens (None: vLLM's default for the device)."""
     lengths = sorted((p + m for p, m in replica_rows), reverse=True)
     longest = lengths[0] if lengths else max_context
     max_len = aligned_model_len(longest, max_context)
@@ -69,7 +75,7 @@ def stream_limits(replica_rows: Sequence[tuple[int, int]], *, kv_bytes_per_token
     budget = kv_budget_bytes or want
     one = max_len * per_token * KV_MARGIN
     kv = int(max(KV_MIN_BYTES, one, min(want, budget)))
-    block = GPU_BLOCK_SIZE if on_gpu else CPU_BLOCK_SIZE
+    block = block_size or (GPU_BLOCK_SIZE if on_gpu else CPU_BLOCK_SIZE)
     return StreamLimits(
         max_num_seqs=seqs,
         max_num_batched_tokens=GPU_MAX_BATCHED_TOKENS if on_gpu else CPU_MAX_BATCHED_TOKENS,
@@ -82,13 +88,14 @@ def stream_limits(replica_rows: Sequence[tuple[int, int]], *, kv_bytes_per_token
 class SimRequest:
     """One row for the simulator: its prompt, how many tokens it will generate, its rank.
     `generated` > 0: it is already running with that many tokens out (a plan revised while
-    the job goes), its KV in place."""
+    the job goes), its KV in place. `cached_tokens`: prompt tokens the prefix cache serves."""
 
     index: int
     prompt_tokens: int
     output_tokens: int
     priority: int
     generated: int = 0
+    cached_tokens: int = 0
 
 
 @dataclass(slots=True)
@@ -113,7 +120,8 @@ class _Live:
     def __init__(self, req: SimRequest, arrival: int):
         self.req, self.arrival = req, arrival
         self.victim_key = (req.priority, arrival)  # the largest running one is preempted first
-        self.computed = self.generated = self.blocks = 0
+        self.computed = req.cached_tokens  # served by the prefix cache when it is admitted
+        self.generated = self.blocks = 0
         self.entry = (0, 0, 0)  # (step, computed, generated) when it joined the decoding set
         self.lazy = False  # in the decoding set: its counters follow from the step count
         self.epoch = 0  # times it joined the decoding set: older heap entries of it are stale
@@ -366,7 +374,7 @@ class _Sim:
             granted[live] = None
         for victim in gone:
             s0, _, g0 = victim.entry
-            victim.generated, victim.computed, victim.blocks = g0 + s - s0, 0, 0
+            victim.generated, victim.computed, victim.blocks = g0 + s - s0, victim.req.cached_tokens, 0
             self._unlazy(victim)
             del self.running[victim]
             heapq.heappush(self.waiting, (victim.req.priority, victim.arrival, victim))
@@ -426,7 +434,7 @@ def _step(running, waiting, cap, free, block, limits, step, now, result):
             idx = running.index(victim)
             del running[idx]
             free += victim.blocks
-            victim.blocks = victim.computed = 0
+            victim.blocks, victim.computed = 0, victim.req.cached_tokens
             heapq.heappush(waiting, (victim.req.priority, victim.arrival, victim))
             result.preemptions += 1
             preempted = True

@@ -39,6 +39,7 @@ from operator import itemgetter
 
 from uellm_cli.plan.continuous import SimRequest, SimResult, simulate, stream_limits
 from uellm_cli.plan.costmodel import CostModel
+from uellm_cli.plan.prefixes import cached_tokens, cpu_block_size
 from uellm_cli.plan.scheduler import edf_key
 from uellm_cli.plan.steptime import StepTimer, step_timer
 from uellm_cli.plan.types import PlannedBatch, Query, Replica, RowForecast, StreamLimits
@@ -149,12 +150,11 @@ def stream_forecast(batches: Sequence[PlannedBatch], queries: Mapping[int, Query
         step = step_timer(cost, rep)
         on_gpu = any(cost.cluster.device(d).kind == "gpu" for d in rep.devices)
 
-        def limits_for(seqs: int | None, rows: Sequence[Query], on_gpu=on_gpu, rep=rep) -> StreamLimits:
-            return stream_limits([(q.prompt_tokens, q.max_new_tokens) for q in rows],
-                                 kv_bytes_per_token=cost.model.kv_bytes_per_token,
-                                 max_context=cost.model.max_context,
-                                 kv_budget_bytes=rep.kv_budget_bytes, max_num_seqs=seqs,
-                                 on_gpu=on_gpu)
+        block = _block_size(mine, on_gpu)
+
+        def limits_for(seqs: int | None, rows: Sequence[Query], on_gpu=on_gpu, rep=rep,
+                       block=block) -> StreamLimits:
+            return _limits(rows, seqs, cost, rep, on_gpu, block)
 
         mine = [_with_progress(q, progress.get(q.index, 0)) for q in mine]
         running = [q for q in mine if q.index in progress]
@@ -188,6 +188,11 @@ def stream_forecast(batches: Sequence[PlannedBatch], queries: Mapping[int, Query
             begin = start_s + (0.0 if fixed or on_gpu else cpu_kv_alloc_s(lim))
             sim = _simulate(order, lim, step, begin, progress)
         out.limits[rep.index] = lim
+        served = sum(cached_tokens(q.shared_prefix, q.prompt_tokens, lim.block_size) for q in order)
+        if served:
+            out.notes.append(f"prefix cache: {served:,} of {sum(q.prompt_tokens for q in order):,} "
+                             f"prompt tokens of replica {rep.index} are prefixes its rows share, "
+                             f"computed once (KV blocks of {lim.block_size} tokens)")
         if expected and any(q.expected_tokens is not None for q in order):
             end = _simulate(order, lim, step, begin, progress, expected=True).end_s
             out.expected_end_s = max(out.expected_end_s or 0.0, end or begin)
@@ -229,10 +234,7 @@ def judge_stream(batches: Sequence[PlannedBatch], queries: Mapping[int, Query],
         if not mine:
             continue
         on_gpu = any(cost.cluster.device(d).kind == "gpu" for d in rep.devices)
-        lim = stream_limits([(q.prompt_tokens, q.max_new_tokens) for q in mine],
-                            kv_bytes_per_token=cost.model.kv_bytes_per_token,
-                            max_context=cost.model.max_context, kv_budget_bytes=rep.kv_budget_bytes,
-                            max_num_seqs=max_batch_size, on_gpu=on_gpu)
+        lim = _limits(mine, max_batch_size, cost, rep, on_gpu, _block_size(mine, on_gpu))
         sim = _simulate(mine, lim, step_timer(cost, rep), start_s)
         out.limits[rep.index] = lim
         for q in mine:
@@ -242,6 +244,21 @@ def judge_stream(batches: Sequence[PlannedBatch], queries: Mapping[int, Query],
             out.forecast[q.index] = RowForecast(q.index, rep.index, len(out.forecast), start, finish,
                                                 q.deadline_s)
     return out
+
+
+def _limits(rows: Sequence[Query], seqs: int | None, cost: CostModel, rep: Replica,
+            on_gpu: bool, block: int | None) -> StreamLimits:
+    """An instance's limits for `rows` at `seqs` at once, in KV blocks of `block` tokens."""
+    return stream_limits([(q.prompt_tokens, q.max_new_tokens) for q in rows],
+                         kv_bytes_per_token=cost.model.kv_bytes_per_token,
+                         max_context=cost.model.max_context, kv_budget_bytes=rep.kv_budget_bytes,
+                         max_num_seqs=seqs, on_gpu=on_gpu, block_size=block)
+
+
+def _block_size(rows: Sequence[Query], on_gpu: bool) -> int | None:
+    """On a CPU, the blocks that let the prefix cache serve the prefixes the rows share
+    (prefixes.cpu_block_size); on a GPU, vLLM's default (None)."""
+    return None if on_gpu else cpu_block_size([(q.prompt_tokens, q.shared_prefix) for q in rows])
 
 
 def _with_progress(q: Query, generated: int) -> Query:
@@ -264,9 +281,11 @@ def _simulate(order: Sequence[Query], limits: StreamLimits, step: StepTimer, sta
     `order`, or `ranks` (a plan's, counted from its first row)."""
     progress = progress or {}
     lengths = lengths or {}
+    block = limits.block_size
     return simulate([SimRequest(q.index, q.prompt_tokens,
                                 max(1, lengths.get(q.index) or _length(q, expected)),
-                                ranks[q.index] if ranks is not None else r, progress.get(q.index, 0))
+                                ranks[q.index] if ranks is not None else r, progress.get(q.index, 0),
+                                cached_tokens(q.shared_prefix, q.prompt_tokens, block))
                      for r, q in enumerate(order)], limits, step, start_s=start_s)
 
 

@@ -13,6 +13,8 @@ class Query:
     group: the row's Sampling.key(); rows with different groups never share a batch.
     predicted_tokens: the length the row most likely needs (orders rows, judges deadlines);
     expected_tokens: its mean, where lengths add up into the job's time (None: the same).
+    shared_prefix: leading prompt tokens another row of the job starts with too, which vLLM's
+    prefix cache computes once (plan/prefixes.py).
     """
 
     index: int
@@ -25,6 +27,7 @@ class Query:
     priority: int = 0
     group: tuple = ("greedy", ())
     expected_tokens: int | None = None
+    shared_prefix: int = 0
 
 
 @dataclass(slots=True, frozen=True)

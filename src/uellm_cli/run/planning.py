@@ -15,6 +15,7 @@ from dataclasses import dataclass, replace
 from uellm_cli.config import RunConfig
 from uellm_cli.engine.rows import PreparedRow
 from uellm_cli.plan.costmodel import ENGINE_ROOFLINES, Roofline
+from uellm_cli.plan.prefixes import shared_prefixes
 from uellm_cli.plan.types import Deployment, Plan, Query
 from uellm_cli.profile.calibration import Calibration
 from uellm_cli.profile.devices import Cluster
@@ -200,8 +201,8 @@ def predict(cfg: RunConfig, model_name: str, rows: Mapping[int, PreparedRow]
             ) -> tuple[dict[int, Query], str]:
     """A Query per row: its tokens, deadline, and the predictor's output length (the point
     for order and deadlines, the mean for the job's time, the upper quantile for memory),
-    never past the row's budget; and the name of the predictor that made them (`auto` picks
-    one)."""
+    never past the row's budget, and the leading tokens it shares with another row (vLLM's
+    prefix cache); and the name of the predictor that made them (`auto` picks one)."""
     from uellm_cli.profile.lengths import LengthQuery, get_predictor
 
     predictor = get_predictor(cfg.predictor, model_name=model_name)
@@ -212,7 +213,8 @@ def predict(cfg: RunConfig, model_name: str, rows: Mapping[int, PreparedRow]
         for p in items
     ])
     queries = {}
-    for p, pred in zip(items, predictions, strict=True):
+    shared = shared_prefixes([p.prompt_ids for p in items])
+    for p, pred, prefix in zip(items, predictions, shared, strict=True):
         budget = p.row.max_new_tokens
         queries[p.row.index] = Query(
             index=p.row.index, id=p.row.id, prompt_tokens=len(p.prompt_ids), max_new_tokens=budget,
@@ -220,6 +222,7 @@ def predict(cfg: RunConfig, model_name: str, rows: Mapping[int, PreparedRow]
             predicted_upper=min(max(pred.upper, pred.tokens), budget),
             deadline_s=p.row.deadline_s, priority=p.row.priority, group=p.row.sampling.key(),
             expected_tokens=None if pred.mean is None else min(pred.mean, budget),
+            shared_prefix=prefix,
         )
     return queries, predictor.name
 
