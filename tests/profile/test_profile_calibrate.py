@@ -9,12 +9,13 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from uellm_cli.engine.calibrate import calibrate, grid, long_prompts
+from uellm_cli.engine.calibrate import calibrate, grid
 from uellm_cli.engine.vllm_calibrate import DECODE_TOKENS, calibration_lengths
 from uellm_cli.errors import ConfigError
 from uellm_cli.profile.calibrate import (
     fit,
     load_calibrations,
+    long_prompts,
     nnls,
     save_calibration,
 )

@@ -17,7 +17,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from uellm_cli.errors import ConfigError
-from uellm_cli.profile.calibrate import device_name, fit_grid
+from uellm_cli.profile.calibrate import device_name, fit_grid, long_prompts
 from uellm_cli.profile.calibration import Calibration
 from uellm_cli.profile.model import max_context_of
 
@@ -26,9 +26,6 @@ DEFAULT_BATCH_SIZES = (1, 2, 4, 8, 16, 32, 64)
 DEFAULT_CONTEXTS = (32, 128, 512)
 DEFAULT_REPEATS = 2
 DEFAULT_MAX_PREFILL_TOKENS = 512
-LONG_PROMPTS_FROM = 2048  # prompts from here up to the context are timed alone (grid())
-LONG_PROMPT_CAP = 16384
-LONG_PROMPT_ROOM = 16  # the longest prompt timed leaves this many tokens of the context
 LONG_DECODE_BATCHES = (1, 4)
 
 
@@ -114,22 +111,6 @@ def grid(batch_sizes, contexts, max_prefill_tokens: int, max_context: int
     prefill += [(1, L) for L in longs]
     decode += [(b, L) for L in longs for b in LONG_DECODE_BATCHES]
     return prefill, decode
-
-
-def long_prompts(longest_short: int, max_context: int) -> list[int]:
-    """Prompt lengths past the grid's contexts, doubling from LONG_PROMPTS_FROM, and the
-    longest prompt the context takes with a few tokens to generate (capped at
-    LONG_PROMPT_CAP: a 128k-token prefill on a CPU would take hours; the fit goes on from
-    there)."""
-    top = min(max_context, LONG_PROMPT_CAP) - LONG_PROMPT_ROOM
-    out, length = [], LONG_PROMPTS_FROM
-    while length < top:
-        if length > longest_short:
-            out.append(length)
-        length *= 2
-    if top > max(longest_short, *out, 0):
-        out.append(top)
-    return out
 
 
 def _load(model_dir: str, device: str, dtype: str | None):

@@ -5,7 +5,7 @@ Synthetic jobs of random prompts (fresh ones each time, so the prefix cache neve
 through vLLM with every step recorded (engine/vllm_steps.py), the way a run records its own:
 - for each (batch b, context L) of the grid: b requests of L tokens, a few tokens each
   (prefill steps of b x L, then decode steps of b rows at ~L context);
-- one request of each long prompt length up to the model's context (engine/calibrate.py's
+- one request of each long prompt length up to the model's context (profile/calibrate.py's
   long_prompts), so the attention term is fitted where it dominates;
 - a mixed job: twice the widest batch of requests of random prompt and output lengths from
   the grid, arriving at once, so prefill chunks share steps with decode rows, and rows leave
@@ -109,8 +109,8 @@ def calibration_lengths(batch_sizes, contexts, max_decode_tokens: int, max_conte
     """The grid's (batch, context) points, the long prompt lengths, and the engine's
     max_model_len: room for the longest prompt and its DECODE_TOKENS (vLLM refuses a request
     whose prompt plus one output token does not fit), aligned as a run's engine is."""
-    from uellm_cli.engine.calibrate import long_prompts
     from uellm_cli.plan.continuous import aligned_model_len
+    from uellm_cli.profile.calibrate import long_prompts
 
     room = max_context - DECODE_TOKENS - 2
     grid = [(b, min(c, room)) for c in contexts for b in batch_sizes if b * c <= max_decode_tokens]

@@ -1,5 +1,6 @@
 """Fit and store the cost model's calibrations (the measuring is the engines' job:
-engine/calibrate.py for hf, engine/vllm_calibrate.py for vLLM).
+engine/calibrate.py for hf, engine/vllm_calibrate.py for vLLM), and the long prompt lengths
+both measure (long_prompts).
 
 The forms (see profile/calibration.py), in seconds:
   prefill_s(b, L)  = p0 + p1 * b * L + p2 * b * L * L
@@ -20,6 +21,27 @@ from pathlib import Path
 from uellm_cli.jobs.durable import atomic_write_json
 from uellm_cli.paths import home_dir
 from uellm_cli.profile.calibration import Calibration, same_model
+
+LONG_PROMPTS_FROM = 2048  # prompts from here up to the context are timed alone
+LONG_PROMPT_CAP = 16384
+LONG_PROMPT_ROOM = 16  # the longest prompt timed leaves this many tokens of the context
+
+
+def long_prompts(longest_short: int, max_context: int) -> list[int]:
+    """Prompt lengths past a calibration grid's contexts, which both engines' calibrations
+    time one row at a time so the attention term is fitted where it dominates: doubling from
+    LONG_PROMPTS_FROM, and the longest prompt the context takes with a few tokens to generate
+    (capped at LONG_PROMPT_CAP: a 128k-token prefill on a CPU would take hours; the fit goes
+    on from there)."""
+    top = min(max_context, LONG_PROMPT_CAP) - LONG_PROMPT_ROOM
+    out, length = [], LONG_PROMPTS_FROM
+    while length < top:
+        if length > longest_short:
+            out.append(length)
+        length *= 2
+    if top > max(longest_short, *out, 0):
+        out.append(top)
+    return out
 
 
 def fit_grid(prefill_pts, decode_pts) -> tuple[list[float], float, list[float], float]:
