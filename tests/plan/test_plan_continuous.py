@@ -141,6 +141,23 @@ def test_an_early_cap_holds_the_first_rows_to_fewer_at_once():
     assert steps.held[0] == (4, 0, 1) and steps.held[2] == (12, 0, 3)
 
 
+def test_caps_given_per_row_replace_the_early_cap():
+    """A replay gives each row the cap it really ran under (a revised plan's): the same as an
+    early cap where they agree, and a later row held to fewer where a revision held it."""
+    rows = _rows((4, 2), (4, 2), (4, 2), (4, 2))
+    early = simulate(rows, replace(_limits(seqs=8), early_cap=1, early_rows=2), Steps())
+    same = simulate(rows, _limits(seqs=8), Steps(), caps={0: 1, 1: 1})
+    assert same.start_s == early.start_s and same.finish_s == early.finish_s
+    # a revision held rows 2 and 3 to two at once, where the first plan's early cap let all in
+    revised = simulate(rows, replace(_limits(seqs=8), early_cap=1, early_rows=2), Steps(),
+                       caps={0: 1, 1: 1, 2: 2, 3: 2})
+    # row 2 joins row 1 (two at once); row 3 waits for them: under the first plan it did not
+    assert [revised.start_s[i] for i in range(4)] == [0.0, 2.0, 2.0, 4.0]
+    assert [early.start_s[i] for i in range(4)] == [0.0, 2.0, 2.0, 2.0]
+    held = replace(_limits(seqs=8), held_from=3)  # a held row still waits, whatever its cap
+    assert simulate(rows, held, Steps(), caps={3: 8}).start_s[3] == 2.0
+
+
 def test_held_rows_wait_until_the_rows_before_them_have_ended():
     steps = Steps()
     held = replace(_limits(seqs=8), held_from=2)

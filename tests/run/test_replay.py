@@ -3,6 +3,9 @@ plan's step-time model, and on one fitted to the run's own engine steps."""
 
 from __future__ import annotations
 
+import math
+from dataclasses import replace
+
 import pytest
 from plan_builders import llama_like, query
 
@@ -59,3 +62,36 @@ def test_without_steps_there_is_no_own_step_replay():
     out = replay_error(planned, results)
     assert "own_steps" not in out and out["row_finish_error_median"] is not None
     assert replay_error(planned, [RowResult(0, "r0", "error")]) is None  # nothing ran
+
+
+def test_each_row_is_replayed_under_the_cap_of_the_plan_it_started_under():
+    """A revision taken while the job ran held the rows left to 3 at once, where the first
+    plan let them all in: the replay on the run's own step times must follow it (off by
+    the revision's whole effect if it kept the first plan's limits)."""
+    model = llama_like(layers=4, hidden=512, heads=8, kv_heads=8, inter=1376)
+    cpu = parse_cluster_spec("cpu")
+    rows = [query(i, prompt=300 + 110 * (i % 7), pred=20 + 9 * (i % 9)) for i in range(60)]
+    by_index = {q.index: q for q in rows}
+    first = make_plan(rows, model, cpu, engine="vllm")
+    first.stream = {0: replace(first.stream[0], early_cap=None, early_rows=0)}
+    ran_first = plan_order(first.batches)[:20]
+    left = [q for q in rows if q.index not in ran_first]
+    revised = make_plan(left, model, cpu, engine="vllm")
+    revised.stream = {0: replace(revised.stream[0], early_cap=3, early_rows=len(left))}
+    order = ran_first + plan_order(revised.batches)
+    caps = {i: (first.stream[0].max_num_seqs if k < 20 else 3) for k, i in enumerate(order)}
+    steps: list[StepRecord] = []
+    sim = simulate([SimRequest(i, by_index[i].prompt_tokens, by_index[i].predicted_tokens, rank)
+                    for rank, i in enumerate(order)], first.stream[0], _machine(steps),
+                   start_s=T0, caps=caps)
+    taken_s = max(sim.start_s[i] for i in ran_first)
+    assert min(sim.start_s[i] for i in order[20:]) > taken_s  # the revision came between them
+    results = [RowResult(i, f"r{i}", "ok", output_tokens=by_index[i].predicted_tokens, replica=0,
+                         started_s=sim.start_s[i], finished_s=sim.finish_s[i]) for i in order]
+    planned = Planned(first, by_index, model, Target(cpu, "vllm", {}))
+
+    followed = replay_error(planned, results, steps, [(-math.inf, first), (taken_s, revised)])
+    assert followed["own_steps"]["makespan_error"] == pytest.approx(0.0, abs=0.01)
+    assert followed["own_steps"]["row_finish_error_median"] < 0.01
+    first_only = replay_error(planned, results, steps)
+    assert first_only["own_steps"]["makespan_error"] < -0.05  # all at once: sooner than it ran

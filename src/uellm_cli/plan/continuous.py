@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from operator import attrgetter
 
@@ -133,17 +133,22 @@ class _Live:
 
 
 def simulate(requests: Sequence[SimRequest], limits: StreamLimits, step: StepTimer, *,
-             start_s: float = 0.0, max_running: int | None = None, fast: bool = True) -> SimResult:
+             start_s: float = 0.0, max_running: int | None = None, fast: bool = True,
+             caps: Mapping[int, int] | None = None) -> SimResult:
     """Run the scheduler's rules (module docstring) over `requests`, all waiting at `start_s`.
     `max_running`: our own cap on rows running at once (we feed the engine), at most
     limits.max_num_seqs; limits.early_cap holds the first limits.early_rows (by rank) to fewer,
     and rows ranked from limits.held_from on wait until at most limits.held_release of the rows
-    ranked before them are left unfinished. `fast=False` runs every step through the rules one
-    row at a time (the reference the fast path is tested against)."""
+    ranked before them are left unfinished. `caps` (by row index) replaces the early cap: the
+    cap each row was given to the engine under in a run whose plan was revised as it ran
+    (a replay). `fast=False` runs every step through the rules one row at a time (the
+    reference the fast path is tested against)."""
     top = min(limits.max_num_seqs, max_running or limits.max_num_seqs)
+    cap_of_rank = {r.priority: caps[r.index] for r in requests if r.index in caps} if caps else {}
 
     def cap(rank: int) -> int:  # a held row waits for running rows: they rank before it
-        return min(top, limits.in_flight(rank, sim.held_left))
+        allowed = limits.in_flight(rank, sim.held_left)
+        return min(top, cap_of_rank.get(rank, allowed) if allowed else 0)
 
     sim = _Sim(limits, step, cap, start_s)
     if limits.held_from is not None:

@@ -30,6 +30,7 @@ jobs where 543-588 were met with the true lengths (docs/planner.md, "Deadlines e
 
 from __future__ import annotations
 
+import bisect
 import heapq
 import math
 import random
@@ -42,7 +43,7 @@ from uellm_cli.plan.costmodel import CostModel
 from uellm_cli.plan.prefixes import cached_tokens, cpu_block_size
 from uellm_cli.plan.scheduler import edf_key
 from uellm_cli.plan.steptime import StepTimer, step_timer
-from uellm_cli.plan.types import PlannedBatch, Query, Replica, RowForecast, StreamLimits
+from uellm_cli.plan.types import Plan, PlannedBatch, Query, Replica, RowForecast, StreamLimits
 
 INF = float("inf")
 DEMOTION_ROUNDS = 8
@@ -280,10 +281,11 @@ def _with_progress(q: Query, generated: int) -> Query:
 def _simulate(order: Sequence[Query], limits: StreamLimits, step: StepTimer, start_s: float,
               progress: Mapping[int, int] | None = None, *, expected: bool = False,
               ranks: Mapping[int, int] | None = None,
-              lengths: Mapping[int, int] | None = None) -> SimResult:
+              lengths: Mapping[int, int] | None = None,
+              caps: Mapping[int, int] | None = None) -> SimResult:
     """The rows of `order` on one engine; at their point lengths, their means (`expected`), or
     the `lengths` given for them (a draw: length_draws). Their ranks are their places in
-    `order`, or `ranks` (a plan's, counted from its first row)."""
+    `order`, or `ranks` (a plan's, counted from its first row); `caps`: see simulate."""
     progress = progress or {}
     lengths = lengths or {}
     block = limits.block_size
@@ -291,7 +293,7 @@ def _simulate(order: Sequence[Query], limits: StreamLimits, step: StepTimer, sta
                                 max(1, lengths.get(q.index) or _length(q, expected)),
                                 ranks[q.index] if ranks is not None else r, progress.get(q.index, 0),
                                 cached_tokens(q.shared_prefix, q.prompt_tokens, block))
-                     for r, q in enumerate(order)], limits, step, start_s=start_s)
+                     for r, q in enumerate(order)], limits, step, start_s=start_s, caps=caps)
 
 
 def _length(q: Query, expected: bool) -> int:
@@ -519,15 +521,48 @@ def still_met(batches: Sequence[PlannedBatch], limits: Mapping[int, StreamLimits
 
 def replay(order: Sequence[int], replica_of: Mapping[int, int], queries: Mapping[int, Query],
            replicas: Sequence[Replica], cost: CostModel, limits: Mapping[int, StreamLimits], *,
-           start_s: float) -> dict[int, float]:
+           start_s: float, caps: Mapping[int, int] | None = None) -> dict[int, float]:
     """Each row's finish when the rows run in `order` on their replicas, with the plan's
     limits and `queries` as they really turned out (their true output lengths): what is left
     of the forecast's error once the length predictor is out of it, i.e. the step-time
     model's and the scheduler rules'. Give the order the engine really started the rows in
-    (a re-plan while running may have changed the plan's)."""
+    (a re-plan while running may have changed the plan's), and the cap each row was given
+    to the engine under (`caps`, by index: followed_caps)."""
     finish: dict[int, float] = {}
     for rep in replicas:
         mine = [queries[i] for i in order if replica_of.get(i) == rep.index and i in queries]
         if mine and rep.index in limits:
-            finish.update(_simulate(mine, limits[rep.index], step_timer(cost, rep), start_s).finish_s)
+            finish.update(_simulate(mine, limits[rep.index], step_timer(cost, rep), start_s,
+                                    caps=caps).finish_s)
     return finish
+
+
+def followed_caps(followed: Sequence[tuple[float, Plan]], started_s: Mapping[int, float]
+                  ) -> dict[int, int]:
+    """The in-flight cap (StreamLimits.cap) each started row was given to the engine under:
+    that of the plan followed when it started (`followed`: (time taken, plan), in the order
+    the run took them), at its rank among its replica's rows in that plan. A revision ranks
+    the rows left from its own first, so its early cap holds rows the first plan did not:
+    on alpaca-200 at half its deadlines a revision held 185 of 189 rows left to 64 at once,
+    where the first plan let 128 in after its 98th row, and a replay under the first plan's
+    limits alone ran 11% faster than the run, on the run's own step times."""
+    taken = [t for t, _ in followed]
+    ranks: list[tuple[dict[int, int], dict[int, int], Mapping[int, StreamLimits]]] = []
+    for _, plan in followed:
+        replica_of = {i: b.replica for b in plan.batches for i in b.rows}
+        seen: dict[int, int] = {}
+        rank: dict[int, int] = {}
+        for i in plan_order(plan.batches):
+            rep = replica_of[i]
+            rank[i] = seen.get(rep, 0)
+            seen[rep] = rank[i] + 1
+        ranks.append((rank, replica_of, plan.stream))
+    caps: dict[int, int] = {}
+    for i, t in started_s.items():
+        at = bisect.bisect_right(taken, t) - 1
+        if at < 0:
+            continue
+        rank, replica_of, limits = ranks[at]
+        if i in rank and (lim := limits.get(replica_of[i])) is not None:
+            caps[i] = lim.cap(rank[i])
+    return caps

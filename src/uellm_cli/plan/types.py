@@ -131,6 +131,11 @@ class StreamLimits:
         the one rule the executor feeds vLLM by and the simulator mirrors."""
         if self.held_from is not None and rank >= self.held_from and unfinished_before_held > self.held_release:
             return 0
+        return self.cap(rank)
+
+    def cap(self, rank: int) -> int:
+        """Rows in the engine at once while the next one to give it has `rank`, rows held
+        aside: the early cap for the first early_rows, max_num_seqs after."""
         return self.early_cap if self.early_cap and rank < self.early_rows else self.max_num_seqs
 
 

@@ -31,6 +31,7 @@ class Executed:
 
     batches: list[BatchRecord] = field(default_factory=list)
     steps: list[StepRecord] = field(default_factory=list)  # engine steps (vllm, in-process)
+    followed: list[tuple[float, Plan]] = field(default_factory=list)  # (taken at, plan)
     samples: list[dict] = field(default_factory=list)
     model_load_s: float | None = None  # None: no model was loaded (nothing left to run)
     interrupted: bool = False
@@ -103,6 +104,7 @@ def run_plan(cfg: RunConfig, prepared: PreparedJob, planned: Planned,
             executor.run(plan, todo, on_batch, replan=replanner)
     done.samples = sampler.samples()
     done.steps = executor.step_log
+    done.followed = replanner.followed
     done.interrupted = interrupts.stop.is_set() and any(i not in folder.done for i in todo)
     if ray is not None:
         done.notes.extend(ray.notes)

@@ -8,11 +8,13 @@ before running and rows skipped as hopeless (`--on-miss skip`).
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Sequence
 
 from uellm_cli.config import RunConfig
 from uellm_cli.errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_PARTIAL
 from uellm_cli.jobs.results import RowResult, StepRecord
+from uellm_cli.plan.types import Plan
 from uellm_cli.report.metrics import RunMetrics
 from uellm_cli.run.execute import Executed
 from uellm_cli.run.observer import RunOutcome
@@ -111,7 +113,7 @@ def _report(cfg: RunConfig, planned: Planned | None, folder: RunFolder, executed
         plan = planned.plan
         forecast = forecast_summary(plan, {i: q.predicted_tokens for i, q in planned.queries.items()})
         if plan.stream:
-            forecast["replay"] = replay_error(planned, results, executed.steps)
+            forecast["replay"] = replay_error(planned, results, executed.steps, executed.followed)
         plan_dict = plan_to_dict(plan)
         engine, note = planned.engine, planned.engine_note
     else:
@@ -125,18 +127,20 @@ def _report(cfg: RunConfig, planned: Planned | None, folder: RunFolder, executed
     return metrics, html
 
 
-def replay_error(planned: Planned, results: list[RowResult], steps: Sequence[StepRecord] = ()
-                 ) -> dict | None:
+def replay_error(planned: Planned, results: list[RowResult], steps: Sequence[StepRecord] = (),
+                 followed: Sequence[tuple[float, Plan]] = ()) -> dict | None:
     """The continuous-batching forecast replayed with the rows' true output lengths, in the
-    order they really started, from the first row's real start: its makespan and per-row
-    finish errors against what ran (the step-time model's and the scheduler rules' share of
-    the forecast error). With the run's engine `steps`, `own_steps` replays it again on a
+    order they really started, from the first row's real start, each row under the in-flight
+    cap of the plan the run followed when it started (`followed`: (taken at, plan); the first
+    plan alone when not given): its makespan and per-row finish errors against what ran (the
+    step-time model's and the scheduler rules' share of the forecast error). With the run's engine `steps`, `own_steps` replays it again on a
     step-time model fitted to those steps alone: what is left is the scheduler rules' and the
     model's form, without the machine's drift since its calibration (on a shared 2-core machine
     the same job ran 4x slower in the afternoon than in the morning)."""
     from dataclasses import replace
 
     from uellm_cli.plan.costmodel import CostModel
+    from uellm_cli.plan.stream_forecast import followed_caps
 
     ran = {r.index: r for r in results if r.status == "ok" and r.started_s is not None
            and r.finished_s is not None and r.index in planned.queries}
@@ -145,15 +149,18 @@ def replay_error(planned: Planned, results: list[RowResult], steps: Sequence[Ste
     queries = {i: replace(planned.queries[i], predicted_tokens=max(1, r.output_tokens or 1))
                for i, r in ran.items()}
     target = planned.target
-    out = _replayed(planned, ran, queries, CostModel(planned.model, target.cluster,
-                                                      target.calibrations, target.roofline))
+    caps = followed_caps(followed or [(-math.inf, planned.plan)],
+                         {i: r.started_s for i, r in ran.items()})
+    out = _replayed(planned, ran, queries, caps, CostModel(planned.model, target.cluster,
+                                                            target.calibrations, target.roofline))
     own = _own_step_model(planned, steps)
     if out is not None and own is not None:
-        out["own_steps"] = _replayed(planned, ran, queries, own)
+        out["own_steps"] = _replayed(planned, ran, queries, caps, own)
     return out
 
 
-def _replayed(planned: Planned, ran: dict[int, RowResult], queries: dict, cost) -> dict | None:
+def _replayed(planned: Planned, ran: dict[int, RowResult], queries: dict, caps: dict[int, int],
+              cost) -> dict | None:
     """One replay of the rows that ran, timed by `cost`, and its errors against what ran."""
     from uellm_cli.plan.stream_forecast import plan_order, replay
 
@@ -162,7 +169,8 @@ def _replayed(planned: Planned, ran: dict[int, RowResult], queries: dict, cost) 
     rank = {i: k for k, i in enumerate(plan_order(plan.batches))}
     order = sorted(ran, key=lambda i: (ran[i].started_s, rank.get(i, len(rank))))
     replica_of = {i: r.replica if r.replica is not None else 0 for i, r in ran.items()}
-    finish = replay(order, replica_of, queries, plan.deployment.replicas, cost, plan.stream, start_s=t0)
+    finish = replay(order, replica_of, queries, plan.deployment.replicas, cost, plan.stream,
+                    start_s=t0, caps=caps)
     if not finish:
         return None
     actual_end = max(r.finished_s for r in ran.values())

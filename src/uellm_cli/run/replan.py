@@ -4,6 +4,7 @@ bar."""
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
@@ -75,6 +76,9 @@ class Replanner:
         self.kept = 0  # revisions not taken: they met no more deadlines than the plan kept
         self.quiet_s = 0.0  # the pause after the latest revision not taken (QUIET_S)
         self.quiet_until = 0.0
+        # the plans the run followed, with when each was taken: the report's replay runs each
+        # row under the limits it started under (stream_forecast.followed_caps)
+        self.followed: list[tuple[float, Plan]] = [(-math.inf, self.plan)]
 
     def at_start(self, pending: set[int]) -> Plan | None:
         """The plan of `pending` again from the real start, when loading ended off the plan's
@@ -172,6 +176,7 @@ class Replanner:
         self.quiet_s = 0.0
         self._renumber(plan)
         self.scale, self.plan = factor, plan
+        self.followed.append((now, plan))
         self.tracker.plan = plan
         self.replans += 1
         return plan
