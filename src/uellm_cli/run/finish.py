@@ -133,10 +133,11 @@ def replay_error(planned: Planned, results: list[RowResult], steps: Sequence[Ste
     order they really started, from the first row's real start, each row under the in-flight
     cap of the plan the run followed when it started (`followed`: (taken at, plan); the first
     plan alone when not given): its makespan and per-row finish errors against what ran (the
-    step-time model's and the scheduler rules' share of the forecast error). With the run's engine `steps`, `own_steps` replays it again on a
-    step-time model fitted to those steps alone: what is left is the scheduler rules' and the
-    model's form, without the machine's drift since its calibration (on a shared 2-core machine
-    the same job ran 4x slower in the afternoon than in the morning)."""
+    step-time model's and the scheduler rules' share of the forecast error). With the run's
+    engine `steps`, `own_steps` replays it again on a step-time model fitted to those steps
+    alone: what is left is the scheduler rules' and the model's form, without the machine's
+    drift since its calibration (on a shared 2-core machine the same job ran 4x slower in the
+    afternoon than in the morning)."""
     from dataclasses import replace
 
     from uellm_cli.plan.costmodel import CostModel
