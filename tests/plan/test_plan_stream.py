@@ -37,6 +37,30 @@ def test_nothing_is_demoted_when_deadline_order_meets_every_deadline():
     assert [q.index for q in kept] == [0, 1, 2, 3, 4] and late == []
 
 
+def test_rows_are_demoted_as_their_mean_lengths_say():
+    """Row 1 most likely needs 2 tokens but may loop (mean 5). On the points row 0 is demoted
+    and row 3 then misses at the means; on the means row 1 goes, and the rest make it."""
+    from dataclasses import replace
+
+    rows = [query(0, prompt=1, pred=3, deadline=3.0), query(1, prompt=1, pred=2, deadline=6.0),
+            query(2, prompt=1, pred=2, deadline=7.0), query(3, prompt=1, pred=2, deadline=8.0)]
+
+    def demoted(qs):
+        _, kept, late, _ = sf._search(qs, [], (1,), lambda _n: _one_at_a_time(), _second, 0.0, {})
+        return [q.index for q in kept], [q.index for q in late]
+
+    assert demoted(rows) == ([1, 2, 3], [0])
+    looping = [replace(q, expected_tokens=5) if q.index == 1 else q for q in rows]
+    assert sf.decision_lengths(looping) == {1: 5}
+    assert demoted(looping) == ([0, 2, 3], [1])
+    means = {q.index: q.expected_tokens or q.predicted_tokens for q in looping}
+    at_means = [replace(q, predicted_tokens=means[q.index]) for q in looping]
+    for order in ([1, 2, 3, 0], [0, 2, 3, 1]):  # each plan's order, run at the means
+        sim = sf._simulate([at_means[i] for i in order], _one_at_a_time(), _second, 0.0)
+        met = sum(1 for q in at_means if sim.finish_s[q.index] <= q.deadline_s)
+        assert met == (2 if order[0] == 1 else 3)
+
+
 def test_demoted_rows_run_shortest_first():
     late = [query(0, pred=50), query(1, pred=5), query(2, pred=20)]
     assert [q.index for q in sf._late_order(late)] == [1, 2, 0]
@@ -57,8 +81,9 @@ def test_a_vllm_plan_on_a_gpu_is_a_simulated_stream_with_its_limits():
 
 
 def test_the_expected_end_runs_the_chosen_order_at_the_mean_lengths():
-    """Rows whose mean is above their point (a small chance of a loop): every choice and row
-    forecast stays at the points, and one more simulation at the means gives the job's end."""
+    """Rows whose mean is above their point (a small chance of a loop): each row's forecast
+    stays at its point (every deadline is met either way, so the choices agree), and one more
+    simulation at the means gives the job's end."""
     from dataclasses import replace
 
     model = llama_like(layers=8, hidden=1024, heads=8, kv_heads=8, inter=2816)

@@ -16,12 +16,21 @@ same simulation: most deadlines met, then the earliest end, the best few judged 
 lengths drawn from each row's prediction (length_draws). Other policies keep the static
 plan's order (batches by start, members in batch order), as baselines.
 
-In the plan each row becomes a one-row "batch" with its simulated start and finish: in
-continuous batching no row waits for another's end. Those, and every choice above, come from
-the rows' point lengths (what each most likely needs). The job's expected end comes from one
-more simulation of the chosen order and limits at the rows' mean lengths (Query.
-expected_tokens): only means add up, and a job where one row in six loops to its budget
-takes the time of those loops, which no row's point holds. The deadlines the job can expect
+The choices above (rows demoted, concurrency) are made on the rows' mean lengths (Query.
+expected_tokens, where above the point: decision_lengths): only means add up. Made on the
+points, they kept rows for a shorter job than the one that came (the true lengths of the
+1,000-row impossible jobs came to 1.15x their points), and the rows kept finished just in time
+only if the machine ran no slower than its calibration. Replayed with the true lengths at the
+calibrated speed, plans made on the means met 594, 592, 580 deadlines of three such jobs made
+for two threads (614, 592, 577 on the points) and 445 of one made for one thread (395); at 4%
+slower they lost 6-13 where the points' plans lost 34-51 (docs/planner.md, "Deciding on the
+means").
+
+In the plan each row becomes a one-row "batch" with its simulated start and finish at its point
+length (what it most likely needs): in continuous batching no row waits for another's end. The
+job's expected end comes from one more simulation of the chosen order and limits at the rows'
+mean lengths: a job where one row in six loops to its budget takes the time of those loops,
+which no row's point holds. The deadlines the job can expect
 to meet come from simulating the chosen plan again on FORECAST_DRAWS draws of every row's
 length (length_draws): at the points every kept row finishes just in time, so any row longer
 than its point makes it miss, and the count at the points promised 694-712 of 1,000 rows on
@@ -303,15 +312,17 @@ def _length(q: Query, expected: bool) -> int:
 def _order_by_simulation(rows: Sequence[Query], limits: StreamLimits, step: StepTimer,
                          start_s: float, running: Sequence[Query] = (),
                          progress: Mapping[int, int] | None = None,
-                         release: int | None = None) -> tuple[list[Query], list[Query]]:
+                         release: int | None = None, lengths: Mapping[int, int] | None = None
+                         ) -> tuple[list[Query], list[Query]]:
     """(rows in deadline order that the simulation says make it, rows demoted); `running`
-    rows go first and are never demoted; demoted rows are held back as `_holding` says."""
+    rows go first and are never demoted; demoted rows are held back as `_holding` says.
+    `lengths`: the rows' lengths to decide on (decision_lengths), else their points."""
     kept = sorted(rows, key=edf_key)
     late: list[Query] = []
     for _ in range(DEMOTION_ROUNDS):
         sim = _simulate([*running, *kept, *_late_order(late)], _holding(limits, running, kept, late, release),
-                        step, start_s, progress)
-        demote = _moore_hodgson(kept, sim)
+                        step, start_s, progress, lengths=lengths)
+        demote = _moore_hodgson(kept, sim, lengths or {})
         if not demote:
             break
         late.extend(q for q in kept if q.index in demote)
@@ -319,10 +330,14 @@ def _order_by_simulation(rows: Sequence[Query], limits: StreamLimits, step: Step
     return kept, late
 
 
-def _moore_hodgson(kept: Sequence[Query], sim: SimResult) -> set[int]:
-    """One pass of the rule (module docstring): the rows to demote."""
+def _moore_hodgson(kept: Sequence[Query], sim: SimResult, lengths: Mapping[int, int]) -> set[int]:
+    """One pass of the rule (module docstring), on the rows' `lengths` (else their points):
+    the rows to demote."""
+    def length(q: Query) -> int:
+        return max(1, lengths.get(q.index) or q.predicted_tokens)
+
     done = [q for q in kept if q.index in sim.finish_s]
-    tokens = sum(max(1, q.predicted_tokens) for q in done)
+    tokens = sum(length(q) for q in done)
     span = (sim.end_s or 0.0) - min(sim.start_s.values(), default=0.0)
     per_token = span / tokens if tokens and span > 0 else 0.0  # seconds freed per token removed
     seen: list[tuple[int, int]] = []  # (-work, index) of the rows kept so far
@@ -331,12 +346,19 @@ def _moore_hodgson(kept: Sequence[Query], sim: SimResult) -> set[int]:
     for q in kept:
         if q.deadline_s is None:
             continue
-        heapq.heappush(seen, (-(q.prompt_tokens + max(1, q.predicted_tokens)), q.index))
+        heapq.heappush(seen, (-(q.prompt_tokens + length(q)), q.index))
         if sim.finish_s.get(q.index, INF) - freed > q.deadline_s:
             work, index = heapq.heappop(seen)
             demote.add(index)
             freed += -work * per_token
     return demote
+
+
+def decision_lengths(rows: Sequence[Query]) -> dict[int, int]:
+    """The lengths the search decides on: each row's mean, where it is above its point (module
+    docstring). Row index -> tokens, for the rows whose mean differs."""
+    return {q.index: q.expected_tokens for q in rows
+            if q.expected_tokens is not None and q.expected_tokens > max(1, q.predicted_tokens)}
 
 
 def _late_order(late: Sequence[Query]) -> list[Query]:
@@ -376,11 +398,12 @@ def _search(rows, running, seqs_options, limits_for, step, start_s, progress, al
     chosen limits then order every row."""
     edf = sorted(rows, key=edf_key)
     head = edf[:SEARCH_ROWS]
+    decide = decision_lengths([*running, *rows])
     plain = []  # (deadlines met, end, limits, simulation) of the head in deadline order at each max_num_seqs
     for seqs in seqs_options:
         lim = limits_for(seqs)
         begin = start_s + alloc(lim)
-        sim = _simulate([*running, *head], lim, step, begin, progress)
+        sim = _simulate([*running, *head], lim, step, begin, progress, lengths=decide)
         plain.append((_met(head, sim), sim.end_s or begin, lim, sim))
     floor = THROUGHPUT_FLOOR if len(head) == len(edf) else HEAD_THROUGHPUT_FLOOR
     fast_enough = _within_floor([p[1] for p in plain], start_s, floor)
@@ -391,9 +414,9 @@ def _search(rows, running, seqs_options, limits_for, step, start_s, progress, al
     # may meet them too, and end sooner); check every row when only the head was judged
     if met == _with_deadline(head) and end <= min(p[1] for p in plain):
         if len(head) < len(edf):
-            sim = _simulate([*running, *edf], lim, step, start_s + alloc(lim), progress)
+            sim = _simulate([*running, *edf], lim, step, start_s + alloc(lim), progress, lengths=decide)
         if _met(edf, sim) == _with_deadline(edf):
-            return lim, edf, [], sim
+            return lim, edf, [], None if decide else sim
     judged = []  # (key, limits, early cap, share, release, on-time rows, demoted rows)
 
     def judge(base: StreamLimits, cap: int | None, share: float, release: int | None) -> None:
@@ -401,10 +424,10 @@ def _search(rows, running, seqs_options, limits_for, step, start_s, progress, al
             return
         probe = replace(base, early_cap=cap, early_rows=_early_rows(share, head, running) if cap else 0)
         begin = start_s + alloc(base)
-        kept, late = _order_by_simulation(head, probe, step, begin, running, progress, release)
+        kept, late = _order_by_simulation(head, probe, step, begin, running, progress, release, decide)
         lim = _candidate_limits(base, cap, share, release, running, kept, late)
         order = [*running, *kept, *_late_order(late)]
-        sim = _simulate(order, lim, step, begin, progress)
+        sim = _simulate(order, lim, step, begin, progress, lengths=decide)
         if (cap is not None or lim.held_from is not None) and not fast_enough(sim.end_s or begin):
             return
         key = (-_met(order, sim), sim.end_s or 0.0, base.max_num_seqs)  # ties: the smaller cache
@@ -423,7 +446,7 @@ def _search(rows, running, seqs_options, limits_for, step, start_s, progress, al
     if len(head) < len(edf):  # order every row under the limits chosen on the head
         probe = replace(base, early_cap=cap, early_rows=_early_rows(share, edf, running) if cap else 0)
         kept, late = _order_by_simulation(edf, probe, step, start_s + alloc(probe), running, progress,
-                                          release)
+                                          release, decide)
     return _candidate_limits(base, cap, share, release, running, kept, late), kept, late, None
 
 
