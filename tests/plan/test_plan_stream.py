@@ -37,28 +37,48 @@ def test_nothing_is_demoted_when_deadline_order_meets_every_deadline():
     assert [q.index for q in kept] == [0, 1, 2, 3, 4] and late == []
 
 
-def test_rows_are_demoted_as_their_mean_lengths_say():
-    """Row 1 most likely needs 2 tokens but may loop (mean 5). On the points row 0 is demoted
-    and row 3 then misses at the means; on the means row 1 goes, and the rest make it."""
+def _may_loop(upper: int) -> list:
+    """Row 1 most likely needs 2 tokens but may loop (mean 5, upper `upper`). Deadline order
+    on one row at a time: on the points row 0 is demoted and the rest fit; on the means row 1
+    is (at the means, row 3 would miss with row 1 kept)."""
     from dataclasses import replace
 
     rows = [query(0, prompt=1, pred=3, deadline=3.0), query(1, prompt=1, pred=2, deadline=6.0),
             query(2, prompt=1, pred=2, deadline=7.0), query(3, prompt=1, pred=2, deadline=8.0)]
+    rows[1] = replace(rows[1], predicted_upper=upper, expected_tokens=5, max_new_tokens=40)
+    return rows
 
-    def demoted(qs):
-        _, kept, late, _ = sf._search(qs, [], (1,), lambda _n: _one_at_a_time(), _second, 0.0, {})
+
+def test_rows_are_demoted_as_their_mean_lengths_say():
+    from dataclasses import replace
+
+    rows = _may_loop(upper=2)
+    assert sf.decision_lengths(rows) == {1: 5}
+
+    def demoted(lengths):
+        kept, late = sf._order_by_simulation(rows, _one_at_a_time(), _second, 0.0, lengths=lengths)
         return [q.index for q in kept], [q.index for q in late]
 
-    assert demoted(rows) == ([1, 2, 3], [0])
-    looping = [replace(q, expected_tokens=5) if q.index == 1 else q for q in rows]
-    assert sf.decision_lengths(looping) == {1: 5}
-    assert demoted(looping) == ([0, 2, 3], [1])
-    means = {q.index: q.expected_tokens or q.predicted_tokens for q in looping}
-    at_means = [replace(q, predicted_tokens=means[q.index]) for q in looping]
-    for order in ([1, 2, 3, 0], [0, 2, 3, 1]):  # each plan's order, run at the means
+    assert demoted(None) == ([1, 2, 3], [0])
+    assert demoted(sf.decision_lengths(rows)) == ([0, 2, 3], [1])
+    at_means = [replace(q, predicted_tokens=q.expected_tokens or q.predicted_tokens) for q in rows]
+    for order, met in (([1, 2, 3, 0], 2), ([0, 2, 3, 1], 3)):  # each order, run at the means
         sim = sf._simulate([at_means[i] for i in order], _one_at_a_time(), _second, 0.0)
-        met = sum(1 for q in at_means if sim.finish_s[q.index] <= q.deadline_s)
-        assert met == (2 if order[0] == 1 else 3)
+        assert sum(1 for q in at_means if sim.finish_s[q.index] <= q.deadline_s) == met
+
+
+def test_the_draws_choose_between_demoting_on_the_means_and_on_the_points():
+    """A job judged whole: each finalist is tried with its rows demoted on their means and on
+    their points, and the draws of the lengths choose. Drawn up to 40 tokens (2 of the 4 draws
+    make row 1 loop, to 11 and 14), keeping row 1 costs rows 2 and 3; drawn with no spread (an
+    upper at the point), row 1 is kept."""
+
+    def chosen(rows):
+        _, kept, late, _ = sf._search(rows, [], (1,), lambda _n: _one_at_a_time(), _second, 0.0, {})
+        return [q.index for q in kept], [q.index for q in late]
+
+    assert chosen(_may_loop(upper=40)) == ([0, 2, 3], [1])
+    assert chosen(_may_loop(upper=2)) == ([1, 2, 3], [0])
 
 
 def test_demoted_rows_run_shortest_first():

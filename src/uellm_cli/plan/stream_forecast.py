@@ -20,11 +20,15 @@ The choices above (rows demoted, concurrency) are made on the rows' mean lengths
 expected_tokens, where above the point: decision_lengths): only means add up. Made on the
 points, they kept rows for a shorter job than the one that came (the true lengths of the
 1,000-row impossible jobs came to 1.15x their points), and the rows kept finished just in time
-only if the machine ran no slower than its calibration. Replayed with the true lengths at the
-calibrated speed, plans made on the means met 594, 592, 580 deadlines of three such jobs made
-for two threads (614, 592, 577 on the points) and 445 of one made for one thread (395); at 4%
-slower they lost 6-13 where the points' plans lost 34-51 (docs/planner.md, "Deciding on the
-means").
+only if the machine ran no slower than its calibration. On a job judged whole, each finalist
+is also tried with its rows demoted on their points, and the draws choose: where the rows run
+much as predicted, the points' demotions keep more rows that make it. On a job judged on its
+head the means decide alone: the head's draws do not count the rows after it, which pay for a
+head planned on the points. Replayed with the true lengths at the calibrated speed, plans made
+this way met 594, 592, 580 deadlines of three 1,000-row jobs made for two threads (614, 592,
+577 on the points) and 445 of one made for one thread (395); at 4% slower they lost 6-13
+where the points' plans lost 34-51; on alpaca-200 at half its deadlines the draws chose the
+points' demotions, 196 met (189 on the means alone) (docs/planner.md, "Deciding on the means").
 
 In the plan each row becomes a one-row "batch" with its simulated start and finish at its point
 length (what it most likely needs): in continuous batching no row waits for another's end. The
@@ -32,8 +36,8 @@ job's expected end comes from one more simulation of the chosen order and limits
 mean lengths: a job where one row in six loops to its budget takes the time of those loops,
 which no row's point holds. The deadlines the job can expect
 to meet come from simulating the chosen plan again on FORECAST_DRAWS draws of every row's
-length (length_draws): at the points every kept row finishes just in time, so any row longer
-than its point makes it miss, and the count at the points promised 694-712 of 1,000 rows on
+length (length_draws): at the points many kept rows finish just in time, so a row longer
+than its point makes them miss, and the count at the points promised 694-712 of 1,000 rows on
 jobs where 543-588 were met with the true lengths (docs/planner.md, "Deadlines expected").
 """
 
@@ -384,8 +388,9 @@ def _no_alloc(_limits: StreamLimits) -> float:
 def _search(rows, running, seqs_options, limits_for, step, start_s, progress, alloc=_no_alloc
             ) -> tuple[StreamLimits, list[Query], list[Query], SimResult | None]:
     """The limits for one replica, with the rows in the order they run: (limits, on-time rows
-    in deadline order, demoted rows, and the simulation of them all when deadline order was
-    taken as it is, else None). Only candidates whose simulation ends within
+    in deadline order, demoted rows, and the simulation of them all at their points when
+    deadline order was taken as it is and no row's mean is above its point, else None). Every
+    simulation that decides runs the rows at their decision_lengths. Only candidates whose simulation ends within
     THROUGHPUT_FLOOR of the fastest one's span are judged (HEAD_THROUGHPUT_FLOOR when only the
     head is): deadlines are not bought with the throughput the whole job pays for. If deadline
     order at the fastest max_num_seqs meets every deadline, it is taken. Else every
@@ -417,36 +422,44 @@ def _search(rows, running, seqs_options, limits_for, step, start_s, progress, al
             sim = _simulate([*running, *edf], lim, step, start_s + alloc(lim), progress, lengths=decide)
         if _met(edf, sim) == _with_deadline(edf):
             return lim, edf, [], None if decide else sim
-    judged = []  # (key, limits, early cap, share, release, on-time rows, demoted rows)
+    # (key, limits, early cap, share, release, on-time rows, demoted rows, lengths decided on)
+    judged: list[tuple] = []
 
-    def judge(base: StreamLimits, cap: int | None, share: float, release: int | None) -> None:
+    def judge(base: StreamLimits, cap: int | None, share: float, release: int | None,
+              lengths: Mapping[int, int]) -> tuple | None:
         if cap is not None and cap < 1:
-            return
+            return None
         probe = replace(base, early_cap=cap, early_rows=_early_rows(share, head, running) if cap else 0)
         begin = start_s + alloc(base)
-        kept, late = _order_by_simulation(head, probe, step, begin, running, progress, release, decide)
+        kept, late = _order_by_simulation(head, probe, step, begin, running, progress, release, lengths)
         lim = _candidate_limits(base, cap, share, release, running, kept, late)
         order = [*running, *kept, *_late_order(late)]
-        sim = _simulate(order, lim, step, begin, progress, lengths=decide)
+        sim = _simulate(order, lim, step, begin, progress, lengths=lengths)
         if (cap is not None or lim.held_from is not None) and not fast_enough(sim.end_s or begin):
-            return
+            return None
         key = (-_met(order, sim), sim.end_s or 0.0, base.max_num_seqs)  # ties: the smaller cache
-        judged.append((key, base, cap, share, release, kept, late))
+        return key, base, cap, share, release, kept, late, lengths
+
+    def add(candidate: tuple | None) -> None:
+        if candidate is not None:
+            judged.append(candidate)
 
     for _, _, base, _ in plain:  # a cap only lowers concurrency: slower seqs stay out
         for divisor, share in EARLY_PROFILES:
-            judge(base, base.max_num_seqs // divisor if divisor else None, share, None)
-    for _, base, cap, share, _, _, late in sorted(judged, key=itemgetter(0))[:HOLD_TRIALS]:
+            add(judge(base, base.max_num_seqs // divisor if divisor else None, share, None, decide))
+    for _, base, cap, share, _, _, late, _ in sorted(judged, key=itemgetter(0))[:HOLD_TRIALS]:
         for held in HOLD_RELEASES if late else ():
-            judge(base, cap, share, int(held * base.max_num_seqs))
+            add(judge(base, cap, share, int(held * base.max_num_seqs), decide))
     finalists = sorted(judged, key=itemgetter(0))[:DRAW_FINALISTS]
+    if decide and len(head) == len(edf):  # the points' demotions too, on a job judged whole
+        finalists += [c for f in finalists if (c := judge(*f[1:5], {})) is not None]
     draws = length_draws(head, LENGTH_DRAWS) if len(finalists) > 1 else []
-    _, base, cap, share, release, kept, late = min(
+    _, base, cap, share, release, kept, late, lengths = min(
         finalists, key=lambda j: _drawn_key(j, draws, running, step, start_s + alloc(j[1]), progress))
     if len(head) < len(edf):  # order every row under the limits chosen on the head
         probe = replace(base, early_cap=cap, early_rows=_early_rows(share, edf, running) if cap else 0)
         kept, late = _order_by_simulation(edf, probe, step, start_s + alloc(probe), running, progress,
-                                          release, decide)
+                                          release, lengths)
     return _candidate_limits(base, cap, share, release, running, kept, late), kept, late, None
 
 
@@ -462,9 +475,9 @@ def _candidate_limits(base: StreamLimits, cap: int | None, share: float, release
 def _drawn_key(candidate: tuple, draws: Sequence[Mapping[int, int]], running: Sequence[Query],
                step: StepTimer, begin: float, progress: Mapping[int, int] | None) -> tuple:
     """A finalist of the search judged on `draws` of its rows' lengths (length_draws):
-    (-deadlines met over the draws, end at the points, max_num_seqs). The same draws for
-    every finalist, so they are compared on the same luck."""
-    key, base, cap, share, release, kept, late = candidate
+    (-deadlines met over the draws, end at the lengths it was decided on, max_num_seqs). The
+    same draws for every finalist, so they are compared on the same luck."""
+    key, base, cap, share, release, kept, late, _ = candidate
     lim = _candidate_limits(base, cap, share, release, running, kept, late)
     order = [*running, *kept, *_late_order(late)]
     met = sum(_met(order, _simulate(order, lim, step, begin, progress, lengths=drawn))
