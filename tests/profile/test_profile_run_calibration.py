@@ -125,6 +125,24 @@ def test_steps_of_instances_side_by_side_are_fitted_apart_from_one_instance_alon
     assert again is not None and again.decode[0] == pytest.approx(alone.decode[0], rel=0.02)
 
 
+def test_the_step_model_runs_at_the_speed_of_the_newest_run():
+    """Five runs' steps at one speed, then a run 20% slower: the fit over all of them would
+    sit in between; the model saved gives the newest run's steps the time they took."""
+    for seed in range(5):
+        base = record_steps(_steps(200, 1.0, seed=seed), engine="vllm", device_name="cpu-n",
+                            model="m", threads=1)
+    slower = _steps(200, 1.2, seed=9)
+    now = record_steps(slower, engine="vllm", device_name="cpu-n", model="m", threads=1)
+    assert base is not None and now is not None
+    assert now.decode[0] == pytest.approx(1.2 * base.decode[0], rel=0.02)
+    assert now.decode[1] == pytest.approx(1.2 * base.decode[1], rel=0.05)
+    assert now.fit_error["last_run_over_fit"] > 1.1
+    modelled = sum(now.decode[0] + now.decode[1] * st.decode_rows + now.decode[2] * st.decode_context
+                   + now.prefill[1] * st.prefill_tokens + now.prefill[2] * st.prefill_attention
+                   for st in slower)
+    assert modelled == pytest.approx(sum(st.seconds for st in slower), rel=0.01)
+
+
 def test_the_hosts_time_between_steps_joins_each_steps_constant():
     """A run's steps also wait on the host between them (rows written, plans revised): the
     fit adds their mean to d0, and leaves the terms that grow with a step's contents alone."""

@@ -82,8 +82,9 @@ def record_steps(
     steps: Sequence[StepRecord], *, engine: str, device_name: str, model: str,
     threads: int | None = None, instances: int = 1, source: str = "runs",
 ) -> Calibration | None:
-    """Append a run's engine steps (thinned to STEPS_PER_RUN) and refit the step-time model;
-    None while there are too few steps, or too few with prompt tokens, to fit it.
+    """Append a run's engine steps (thinned to STEPS_PER_RUN) and refit the step-time model on
+    the newest KEEP_STEPS, at the speed this run's steps ran (at_speed_of); None while there
+    are too few steps, or too few with prompt tokens, to fit it.
     `instances`: the engine instances that ran side by side (they slow each other), kept with
     each step; their steps are fitted only with steps of as many instances."""
     every = max(1, -(-len(steps) // STEPS_PER_RUN))
@@ -100,7 +101,29 @@ def record_steps(
     if cal is None:
         return None
     cal = replace(cal, fit_error={**cal.fit_error, **ran})
-    return _save(path, cal)
+    return _save(path, at_speed_of(cal, obs))
+
+
+def at_speed_of(cal: Calibration, steps: Sequence[dict]) -> Calibration:
+    """`cal` with every time scaled so that it gives `steps` (the run just recorded) the time
+    they took: the fit over several runs keeps the model's shape, the newest run tells how
+    fast the machine runs now. On a shared 2-core machine the same job's speed moved by 15-20%
+    within an hour and stayed there; a fit over the last five runs then replayed runs 13-21%
+    faster than they ran (bench/README.md, 2026-12-08). Unchanged when `steps` are too few."""
+    if len(steps) < MIN_STEPS:
+        return cal
+    p0, p1, p2 = cal.prefill
+    d0, d1, d2 = cal.decode
+    modelled = sum((d0 if st["decode_rows"] else p0) + d1 * st["decode_rows"]
+                   + d2 * st["decode_context"] + p1 * st["prefill_tokens"]
+                   + p2 * st["prefill_attention"] for st in steps)
+    measured = sum(st["seconds"] + st.get("gap_s", 0.0) for st in steps)
+    if modelled <= 0 or measured <= 0:
+        return cal
+    speed = measured / modelled
+    return replace(cal, prefill=tuple(x * speed for x in cal.prefill),
+                   decode=tuple(x * speed for x in cal.decode),
+                   fit_error={**cal.fit_error, "last_run_over_fit": round(speed, 4)})
 
 
 def record_startup(seconds: float, *, engine: str, device_name: str, model: str) -> None:
