@@ -34,11 +34,11 @@ In the plan each row becomes a one-row "batch" with its simulated start and fini
 length (what it most likely needs): in continuous batching no row waits for another's end. The
 job's expected end comes from one more simulation of the chosen order and limits at the rows'
 mean lengths: a job where one row in six loops to its budget takes the time of those loops,
-which no row's point holds. The deadlines the job can expect
-to meet come from simulating the chosen plan again on FORECAST_DRAWS draws of every row's
-length (length_draws): at the points many kept rows finish just in time, so a row longer
-than its point makes them miss, and the count at the points promised 694-712 of 1,000 rows on
-jobs where 543-588 were met with the true lengths (docs/planner.md, "Deadlines expected").
+which no row's point holds. The deadlines the job can expect to meet come from simulating the
+chosen plan again on FORECAST_DRAWS draws of every row's length (length_draws): at the points
+many kept rows finish just in time, so a row longer than its point makes them miss, and the
+count at the points promised 694-712 of 1,000 rows on jobs where 543-588 were met with the
+true lengths (docs/planner.md, "Deadlines expected").
 """
 
 from __future__ import annotations
@@ -390,17 +390,17 @@ def _search(rows, running, seqs_options, limits_for, step, start_s, progress, al
     """The limits for one replica, with the rows in the order they run: (limits, on-time rows
     in deadline order, demoted rows, and the simulation of them all at their points when
     deadline order was taken as it is and no row's mean is above its point, else None). Every
-    simulation that decides runs the rows at their decision_lengths. Only candidates whose simulation ends within
-    THROUGHPUT_FLOOR of the fastest one's span are judged (HEAD_THROUGHPUT_FLOOR when only the
-    head is): deadlines are not bought with the throughput the whole job pays for. If deadline
-    order at the fastest max_num_seqs meets every deadline, it is taken. Else every
-    (max_num_seqs, early profile) candidate is judged by demoting under it
-    (_order_by_simulation) and simulating: most deadlines met, then the earliest end; the best
-    DRAW_FINALISTS are judged again on drawn lengths (_drawn_key). Each starts once its KV cache is allocated
-    (`alloc`: a cache for 256 rows starts seconds later on a CPU). On a large job every
-    candidate is judged on its first SEARCH_ROWS rows in deadline order (where the tight
-    deadlines are; deadline order is then checked on every row before it is taken); the
-    chosen limits then order every row."""
+    simulation that decides runs the rows at their decision_lengths. Only candidates whose
+    simulation ends within THROUGHPUT_FLOOR of the fastest one's span are judged
+    (HEAD_THROUGHPUT_FLOOR when only the head is): deadlines are not bought with the throughput
+    the whole job pays for. If deadline order at the fastest max_num_seqs meets every deadline,
+    it is taken. Else every (max_num_seqs, early profile) candidate is judged by demoting under
+    it (_order_by_simulation) and simulating: most deadlines met, then the earliest end; the
+    best DRAW_FINALISTS are judged again on drawn lengths (_drawn_key). Each starts once its KV
+    cache is allocated (`alloc`: a cache for 256 rows starts seconds later on a CPU). On a
+    large job every candidate is judged on its first SEARCH_ROWS rows in deadline order (where
+    the tight deadlines are; deadline order is then checked on every row before it is taken);
+    the chosen limits then order every row."""
     edf = sorted(rows, key=edf_key)
     head = edf[:SEARCH_ROWS]
     decide = decision_lengths([*running, *rows])

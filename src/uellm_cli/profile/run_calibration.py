@@ -108,7 +108,7 @@ def at_speed_of(cal: Calibration, steps: Sequence[dict]) -> Calibration:
     """`cal` with every time scaled so that it gives `steps` (the run just recorded) the time
     they took: the fit over several runs keeps the model's shape, the newest run tells how
     fast the machine runs now. On a shared 2-core machine the same job's speed moved by 15-20%
-    within an hour and stayed there; a fit over the last five runs then replayed runs 13-21%
+    within an hour and stayed there; a fit over the last runs then replayed runs 12-21%
     faster than they ran (bench/README.md, 2026-12-08). Unchanged when `steps` are too few."""
     if len(steps) < MIN_STEPS:
         return cal
