@@ -42,6 +42,12 @@ class Calibration:
         """The CPU instances that ran side by side while it was measured (1 unless recorded)."""
         return int(self.fit_error.get("instances") or 1)
 
+    def scaled(self, factor: float, **notes) -> Calibration:
+        """Every time multiplied by `factor`, with `notes` added to fit_error (why)."""
+        return replace(self, prefill=tuple(x * factor for x in self.prefill),
+                       decode=tuple(x * factor for x in self.decode),
+                       fit_error={**self.fit_error, **notes})
+
     def side_by_side(self, instances: int) -> Calibration:
         """This calibration of one instance with all the threads, for each of `instances`
         instances that split them and run at once, when none was measured that way: every time
@@ -51,9 +57,7 @@ class Calibration:
         core, runs more than half as fast as two threads."""
         if instances <= 1:
             return self
-        return replace(self, prefill=tuple(x * instances for x in self.prefill),
-                       decode=tuple(x * instances for x in self.decode),
-                       fit_error={**self.fit_error, "side_by_side": instances})
+        return self.scaled(instances, side_by_side=instances)
 
     def for_threads(self, threads: int, *, measured: int | None = None,
                     device_name: str | None = None) -> Calibration:
@@ -70,9 +74,7 @@ class Calibration:
         extra = {"time_factor": factor, "for_threads": threads}
         if name != self.device_name:
             extra["derived_from"] = self.device_name
-        return replace(self, device_name=name, prefill=tuple(x * factor for x in self.prefill),
-                       decode=tuple(x * factor for x in self.decode),
-                       fit_error={**self.fit_error, **extra})
+        return replace(self.scaled(factor, **extra), device_name=name)
 
 
 def same_model(a: str, b: str) -> bool:

@@ -125,9 +125,7 @@ def at_speed_of(cal: Calibration, steps: Sequence[dict]) -> Calibration:
     if modelled <= 0 or measured <= 0:
         return cal
     speed = measured / modelled
-    return replace(cal, prefill=tuple(x * speed for x in cal.prefill),
-                   decode=tuple(x * speed for x in cal.decode),
-                   fit_error={**cal.fit_error, "last_run_over_fit": round(speed, 4)})
+    return cal.scaled(speed, last_run_over_fit=round(speed, 4))
 
 
 def record_startup(seconds: float, *, engine: str, device_name: str, model: str) -> None:
