@@ -565,6 +565,10 @@ def test_vllm_greedy_rows_equal_the_hf_engine(tmp_path, vllm_model, hf_reference
     assert [r["team"] for r in rows] == [r["team"] for r in _job_rows()]  # passthrough kept
     for r in rows:
         assert {k: r[k] for k in COMPARED} == {k: ref[r["id"]][k] for k in COMPARED}, r["id"]
+    # the plan was made in a child process (run/overlap.py): its predictions still reach the rows
+    predicted = {r["id"]: r["predicted_output_tokens"] for r in rows}
+    assert predicted == {i: ref[i]["predicted_output_tokens"] for i in predicted}
+    assert any(p != r["max_new_tokens"] for p, r in zip(predicted.values(), _job_rows(), strict=True))
     finishes = Counter(r["finish_reason"] for r in rows)
     assert finishes["stop"] and finishes["length"], "the job should exercise both EOS and length"
     for r in rows:

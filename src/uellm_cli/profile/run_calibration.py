@@ -129,8 +129,9 @@ def at_speed_of(cal: Calibration, steps: Sequence[dict]) -> Calibration:
 
 
 def record_startup(seconds: float, *, engine: str, device_name: str, model: str) -> None:
-    """Append how long the engine took to load and start for one instance (weights, engine
-    start, KV allocation): the next plan's start-up forecast (measured_startup_s)."""
+    """Append how long one instance took from the start of planning until it was loaded
+    (planning, vLLM's import, weights, engine start, KV allocation): the next plan's start-up
+    forecast (measured_startup_s), which counts from the start of planning too."""
     if seconds > 0:
         _append(observations_path(engine, device_name, model, "startup"),
                 [{"instances": 1, "seconds": round(seconds, 3)}], "instances")

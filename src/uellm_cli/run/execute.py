@@ -34,6 +34,7 @@ class Executed:
     followed: list[tuple[float, Plan]] = field(default_factory=list)  # (taken at, plan)
     samples: list[dict] = field(default_factory=list)
     model_load_s: float | None = None  # None: no model was loaded (nothing left to run)
+    ready_s: float | None = None  # the run clock when the engines were loaded
     interrupted: bool = False
     notes: list[str] = field(default_factory=list)
 
@@ -80,7 +81,8 @@ def run_plan(cfg: RunConfig, prepared: PreparedJob, planned: Planned,
     else:
         engines = load_engines(planned.engine, model.resolved, model.tokenizer, plan,
                                load_options(cfg, planned), rows=todo, model_profile=planned.model)
-    done = Executed(model_load_s=clock() - load_start)
+    ready_s = clock()
+    done = Executed(model_load_s=ready_s - load_start, ready_s=ready_s)
 
     executor = Executor(engines, clock=clock, stop=interrupts.stop, fail_fast=cfg.fail_fast)
     tracker = RiskTracker(plan, set(todo))

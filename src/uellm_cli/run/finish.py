@@ -213,11 +213,26 @@ def _single_device(planned: Planned):
         return None
 
 
+def _startup_s(planned: Planned, executed: Executed, device) -> float:
+    """The start-up a plan counts before its first row, as this run took it on `device`: from
+    the moment planning began (vLLM is imported meanwhile: run/overlap.py) until the engines
+    were loaded, per instance (they start one after the other), less the KV allocation the
+    plan adds."""
+    from uellm_cli.plan.stream_forecast import cpu_kv_alloc_s
+
+    whole = executed.model_load_s or 0.0
+    if executed.ready_s is not None:
+        whole = executed.ready_s - planned.made_at_s
+    start = whole / planned.target.instances
+    if planned.engine == "vllm" and device.kind == "cpu" and planned.plan.stream:
+        start -= cpu_kv_alloc_s(next(iter(planned.plan.stream.values())))
+    return start
+
+
 def _learn_costs(cfg: RunConfig, planned: Planned, executed: Executed) -> None:
     """Refit the cost model from what this run executed on a one-device replica (hf: its
     static batches; vllm: its engine steps), so the next forecast for this model and device
     comes from what the engine really did."""
-    from uellm_cli.plan.stream_forecast import cpu_kv_alloc_s
     from uellm_cli.profile.run_calibration import record_batches, record_startup, record_steps
 
     device = _single_device(planned) if cfg.backend == "local" else None
@@ -227,12 +242,9 @@ def _learn_costs(cfg: RunConfig, planned: Planned, executed: Executed) -> None:
     where = dict(engine=planned.engine, device_name=device.name, model=planned.model.name,
                  threads=threads)
     with contextlib.suppress(OSError):  # an optimisation: a read-only home must not fail the run
-        if executed.model_load_s:  # per instance (they start one after the other), less the
-            start = executed.model_load_s / planned.target.instances  # KV allocation the plan adds
-            if planned.engine == "vllm" and device.kind == "cpu" and planned.plan.stream:
-                start -= cpu_kv_alloc_s(next(iter(planned.plan.stream.values())))
-            record_startup(max(0.5, start), engine=planned.engine, device_name=device.name,
-                           model=planned.model.name)
+        if executed.model_load_s:
+            record_startup(max(0.5, _startup_s(planned, executed, device)),
+                           engine=planned.engine, device_name=device.name, model=planned.model.name)
         if planned.engine == "vllm":
             record_steps(executed.steps, **where, instances=planned.target.instances)
         else:

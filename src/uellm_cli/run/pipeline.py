@@ -16,7 +16,8 @@ from uellm_cli.run.execute import Executed, run_plan, skip_hopeless
 from uellm_cli.run.finish import finish
 from uellm_cli.run.observer import RunObserver, RunOutcome
 from uellm_cli.run.outdir import RunFolder, check_out_folder
-from uellm_cli.run.planning import local_targets, plan_rows, ray_targets
+from uellm_cli.run.overlap import plan_while
+from uellm_cli.run.planning import Targets, local_targets, note_predictions, plan_rows, ray_targets
 from uellm_cli.run.signals import Interrupts
 
 
@@ -48,13 +49,28 @@ def run_job(cfg: RunConfig, *, observer: RunObserver | None = None,
         obs.stage("planning")
         targets = (ray_targets(_ray_cluster(ray, cfg), cfg, prepared) if ray is not None
                    else local_targets(cfg, prepared, engines=folder.resumed_engines()))
-        planned = plan_rows(cfg, todo, targets, now_s=clock())
+        now_s = clock()
+        planned = plan_while(lambda: plan_rows(cfg, todo, targets, now_s=now_s),
+                             engine_imports(cfg, targets))
+        note_predictions(todo, planned.queries)
         folder.record_engine(planned.engine, planned.engine_note)
         skipped = skip_hopeless(cfg, planned.plan, todo)
         interrupts.raise_if_stopped()  # a swallowed interrupt: do not load the model for nothing
         executed = run_plan(cfg, prepared, planned, todo, folder, clock=clock,
                             interrupts=interrupts, observer=obs, ray=ray)
         return finish(cfg, prepared, planned, folder, executed, skipped)
+
+
+def engine_imports(cfg: RunConfig, targets: Targets):
+    """What to import while the plan is made (run/overlap.py): vLLM (4 s on a 2-core CPU) when
+    the run will load nothing else; None for hf (torch is in already), Ray (its actors load
+    the engine) and `--engine auto` still choosing (vLLM imported for a run that then takes
+    hf would cost it the difference)."""
+    if cfg.backend != "local" or any(t.engine != "vllm" for t in targets.targets):
+        return None
+    from uellm_cli.engine.vllm_engine import prefetch_vllm
+
+    return prefetch_vllm
 
 
 def check_extras(cfg: RunConfig) -> None:

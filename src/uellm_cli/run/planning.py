@@ -48,13 +48,15 @@ class Target:
 @dataclass(slots=True)
 class Planned:
     """A plan with what it was made from (replanning while the run goes reuses them).
-    `engine_note`: why `--engine auto` chose this engine (None when it was forced)."""
+    `engine_note`: why `--engine auto` chose this engine (None when it was forced);
+    `made_at_s`: the run clock when planning began, which the plan's start-up counts from."""
 
     plan: Plan
     queries: dict[int, Query]
     model: ModelProfile
     target: Target
     engine_note: str | None = None
+    made_at_s: float = 0.0
 
     @property
     def engine(self) -> str:
@@ -227,6 +229,13 @@ def predict(cfg: RunConfig, model_name: str, rows: Mapping[int, PreparedRow]
     return queries, predictor.name
 
 
+def note_predictions(rows: Mapping[int, PreparedRow], queries: Mapping[int, Query]) -> None:
+    """Each row's predicted length, as its result reports it (predicted_output_tokens). Not
+    done by plan_rows, which changes nothing it is given: it may run in a child process."""
+    for i, q in queries.items():
+        rows[i].predicted_tokens = q.predicted_tokens
+
+
 def plan_rows(cfg: RunConfig, rows: Mapping[int, PreparedRow], targets: Targets, *,
               now_s: float = 0.0, objective: str = "helr",
               extra_deployments: Sequence[Deployment] = ()) -> Planned:
@@ -244,8 +253,6 @@ def plan_rows(cfg: RunConfig, rows: Mapping[int, PreparedRow], targets: Targets,
 
     profile = targets.profile
     queries, predictor = predict(cfg, profile.name, rows)
-    for i, q in queries.items():
-        rows[i].predicted_tokens = q.predicted_tokens
 
     def plan_for(target: Target, policy: str) -> Planned:
         plan = make_plan(
@@ -257,7 +264,7 @@ def plan_rows(cfg: RunConfig, rows: Mapping[int, PreparedRow], targets: Targets,
             on_miss=cfg.on_miss, replicas=cfg.replicas, roofline=target.roofline,
             engine=target.engine, cpu_instances=target.instances,
         )
-        return Planned(plan, queries, profile, target, targets.engine_note)
+        return Planned(plan, queries, profile, target, targets.engine_note, made_at_s=now_s)
 
     planned: list[Planned] = []
     unsearched: list[tuple[Planned, Planned]] = []  # (split, one instance), in deadline order alone
