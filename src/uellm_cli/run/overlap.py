@@ -3,10 +3,11 @@
 vLLM takes 4 s to import on a 2-core CPU and planning a 1,000-row job 2 s; both are Python
 under one interpreter lock, so a thread would not overlap them (measured: 5.6 s together
 against 5.5 s one after the other). A child forked before the import plans on a core of its
-own and sends its plan back through a pipe while this process imports. Planning is pure
-Python that starts no thread, which is what makes a fork of it safe. When the child sends no
-plan (it raised, its plan does not pickle, it was killed, or there is no fork), the plan is
-made here as before, so an error is raised here as it always was.
+own and sends its plan back through a pipe while this process imports. Planning needs no
+torch and no engine (numpy at most, for the length predictor), which is what makes a fork of
+it safe. When the child sends no plan (it raised, its plan does not pickle, it was killed,
+or there is no fork), the plan is made here as before, so an error is raised here as it
+always was.
 """
 
 from __future__ import annotations
