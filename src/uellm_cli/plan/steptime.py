@@ -75,7 +75,7 @@ def step_timer(cost: CostModel, replica: Replica) -> StepTimer:
             t += layers * (compute if compute > memory else memory) + overhead_s + token_s * tokens
             if sampled_rows:
                 t += head
-        for share, p0, d0, p1, p2, d1, d2 in cals_t:
+        for share, p0, d0, p1, p2, d1, d2 in cals_t:  # Calibration.step_s, folded
             t += share * ((d0 if decode_rows else p0) + d1 * decode_rows + d2 * decode_context
                           + p1 * prefill_tokens + p2 * prefill_attention)
         return t * scale

@@ -31,6 +31,15 @@ class Calibration:
         d0, d1, d2 = self.decode
         return d0 + d1 * batch + d2 * batch * context
 
+    def step_s(self, prefill_tokens: int, prefill_attention: float, decode_rows: int,
+               decode_context: float) -> float:
+        """One continuous-batching engine step (plan/steptime.py, which folds this form into
+        the simulator's inner loop): both forms added, with one forward's overhead."""
+        p0, p1, p2 = self.prefill
+        d0, d1, d2 = self.decode
+        return ((d0 if decode_rows else p0) + d1 * decode_rows + d2 * decode_context
+                + p1 * prefill_tokens + p2 * prefill_attention)
+
     @property
     def threads(self) -> int | None:
         """The CPU threads it was measured with, when recorded."""

@@ -116,11 +116,8 @@ def at_speed_of(cal: Calibration, steps: Sequence[dict]) -> Calibration:
     faster than they ran (bench/README.md, 2026-12-08). Unchanged with fewer than SPEED_STEPS."""
     if len(steps) < SPEED_STEPS:
         return cal
-    p0, p1, p2 = cal.prefill
-    d0, d1, d2 = cal.decode
-    modelled = sum((d0 if st["decode_rows"] else p0) + d1 * st["decode_rows"]
-                   + d2 * st["decode_context"] + p1 * st["prefill_tokens"]
-                   + p2 * st["prefill_attention"] for st in steps)
+    modelled = sum(cal.step_s(st["prefill_tokens"], st["prefill_attention"], st["decode_rows"],
+                              st["decode_context"]) for st in steps)
     measured = sum(st["seconds"] + st.get("gap_s", 0.0) for st in steps)
     if modelled <= 0 or measured <= 0:
         return cal
