@@ -13,16 +13,35 @@ from uellm_cli.run.overlap import plan_while
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork (POSIX)")
 
 
-def _children_left() -> list[int]:
-    """Children of this process not yet waited for (a zombie would show here)."""
-    try:
-        found = os.waitpid(-1, os.WNOHANG)
-    except ChildProcessError:
-        return []
-    return [found[0]] if found[0] else []
+@pytest.fixture
+def forked(monkeypatch) -> list[int]:
+    """The pids plan_while forks (os.fork recorded, not replaced)."""
+    pids: list[int] = []
+    real_fork = os.fork
+
+    def fork() -> int:
+        pid = real_fork()
+        if pid:
+            pids.append(pid)
+        return pid
+
+    monkeypatch.setattr(os, "fork", fork)
+    return pids
 
 
-def test_the_plan_is_made_in_a_child_while_the_parent_does_its_work():
+def _unreaped(pids: list[int]) -> list[int]:
+    """Those of `pids` still this process's children (running, or a zombie not waited for)."""
+    left = []
+    for pid in pids:
+        try:
+            os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            continue
+        left.append(pid)
+    return left
+
+
+def test_the_plan_is_made_in_a_child_while_the_parent_does_its_work(forked):
     parent = os.getpid()
     here: list[float] = []
 
@@ -40,14 +59,14 @@ def test_the_plan_is_made_in_a_child_while_the_parent_does_its_work():
     assert got["pid"] != parent and got["rows"] == list(range(1000))
     (child_start, child_end), (here_start, here_end) = got["span"], here
     assert max(child_start, here_start) < min(child_end, here_end), "they ran side by side"
-    assert _children_left() == []
+    assert len(forked) == 1 and _unreaped(forked) == []
 
 
 def test_without_work_to_overlap_the_plan_is_made_here():
     assert plan_while(os.getpid, None) == os.getpid()
 
 
-def test_a_plan_that_fails_in_the_child_is_made_again_here_and_raises_here():
+def test_a_plan_that_fails_in_the_child_is_made_again_here_and_raises_here(forked):
     calls: list[int] = []
 
     def plan():
@@ -58,10 +77,10 @@ def test_a_plan_that_fails_in_the_child_is_made_again_here_and_raises_here():
         plan_while(plan, lambda: None)
     assert err.value.hint == "a hint"
     assert calls == [os.getpid()]
-    assert _children_left() == []
+    assert len(forked) == 1 and _unreaped(forked) == []
 
 
-def test_a_plan_that_does_not_pickle_is_made_here():
+def test_a_plan_that_does_not_pickle_is_made_here(forked):
     made_in: list[int] = []
 
     def plan():
@@ -71,9 +90,10 @@ def test_a_plan_that_does_not_pickle_is_made_here():
     got = plan_while(plan, lambda: None)
     assert got() == "unpicklable"
     assert made_in == [os.getpid()]  # the child's attempt is not in this process's list
+    assert len(forked) == 1 and _unreaped(forked) == []
 
 
-def test_an_interrupt_in_the_parent_ends_the_child_and_is_raised():
+def test_an_interrupt_in_the_parent_ends_the_child_and_is_raised(forked):
     def plan():
         time.sleep(30)
         return "never"
@@ -85,4 +105,4 @@ def test_an_interrupt_in_the_parent_ends_the_child_and_is_raised():
     with pytest.raises(KeyboardInterrupt):
         plan_while(plan, meanwhile)
     assert time.monotonic() - t0 < 5, "the child was not left planning for 30 s"
-    assert _children_left() == []
+    assert len(forked) == 1 and _unreaped(forked) == []
